@@ -1,0 +1,116 @@
+"""The model directory: config.json, model.safetensors, tokenizer.json and metrics.jsonl.
+
+Nothing in a model directory is pickled. A directory appears whole (built aside, then
+renamed into place) and each later update replaces one file atomically, so a reader
+never sees a half-written model. The most recently trained model is remembered in the
+user's data directory so that `sample`, `score` and `perplexity` need no -m.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlm.errors import UserError
+from rnnlm.fileio import atomic_directory, write_bytes_atomic, write_text_atomic
+from rnnlm.model import ModelConfig, RNNLanguageModel
+from rnnlm.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+METRICS = "metrics.jsonl"
+MODEL_FORMAT = "rnnlm-model"
+
+
+@dataclass
+class LoadedModel:
+    directory: Path
+    model: RNNLanguageModel
+    tokenizer: Tokenizer
+    config: dict[str, Any]
+
+
+def weights_bytes(model: RNNLanguageModel, metadata: dict[str, str]) -> bytes:
+    from safetensors.torch import save
+
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    if model.config.tie:
+        del tensors["decoder.weight"]  # the same tensor as embedding.weight
+    return save(tensors, metadata=metadata)
+
+
+def create_model_dir(directory: Path, model: RNNLanguageModel, tokenizer: Tokenizer, config: dict[str, Any],
+                     weights_metadata: dict[str, str]) -> None:
+    """Write a complete model directory in one step, replacing an older model directory there."""
+    with atomic_directory(directory, (CONFIG,)) as building:
+        write_text_atomic(building / CONFIG, json.dumps(config, indent=2) + "\n")
+        save_tokenizer(tokenizer, building / TOKENIZER)
+        write_bytes_atomic(building / WEIGHTS, weights_bytes(model, weights_metadata))
+        (building / METRICS).touch()
+
+
+def save_weights(directory: Path, model: RNNLanguageModel, metadata: dict[str, str]) -> None:
+    write_bytes_atomic(directory / WEIGHTS, weights_bytes(model, metadata))
+
+
+def append_metrics(directory: Path, record: dict[str, Any]) -> None:
+    with (directory / METRICS).open("a", encoding="utf-8") as stream:
+        stream.write(json.dumps(record) + "\n")
+
+
+def read_metrics(directory: Path) -> list[dict[str, Any]]:
+    path = directory / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_model(directory: Path | None, device: str = "cpu") -> LoadedModel:
+    """Open a model directory (the latest trained model when `directory` is None)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    directory = directory if directory is not None else latest_model()
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such model directory")
+    try:
+        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+        if config.get("format") != MODEL_FORMAT:
+            raise ValueError(f"format is not {MODEL_FORMAT!r}")
+        model = RNNLanguageModel(ModelConfig(**config["model"]))
+        tensors = load((directory / WEIGHTS).read_bytes())
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        if unexpected or set(missing) - ({"decoder.weight"} if model.config.tie else set()):
+            raise ValueError(f"weights do not match the configuration (missing {missing}, unexpected {unexpected})")
+    except FileNotFoundError as error:
+        raise UserError(f"{directory}: not a model directory ({Path(error.filename).name} is missing)") from None
+    except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{directory}: corrupt model directory ({message})") from None
+    tokenizer = load_tokenizer(directory / TOKENIZER)
+    model.to(device).eval()
+    return LoadedModel(directory, model, tokenizer, config)
+
+
+def data_home() -> Path:
+    base = os.environ.get("RNNLM_HOME") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "rnnlm"
+    )
+    return Path(base)
+
+
+def remember_latest(directory: Path) -> None:
+    write_text_atomic(data_home() / "latest", str(directory.resolve()) + "\n")
+
+
+def latest_model() -> Path:
+    pointer = data_home() / "latest"
+    if not pointer.exists():
+        raise UserError("no model given and none trained yet: run 'rnnlm train CORPUS' or pass -m/--model DIR")
+    return Path(pointer.read_text(encoding="utf-8").strip())

@@ -1,0 +1,310 @@
+"""The `rnnlm` command line: one thin function per subcommand (parse, call the library, render).
+
+Heavy libraries (torch, numpy) are imported inside the commands so that `rnnlm --help`
+stays fast. Errors become one line on stderr: exit 1 for bad input, 2 for bad usage,
+130 after Ctrl-C; `rnnlm score | head` ends quietly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import click
+import typer
+
+from rnnlm import __version__
+from rnnlm.errors import UserError
+
+app = typer.Typer(
+    name="rnnlm",
+    help="Train recurrent language models (LSTM, GRU, RNN) on plain text; sample, score and measure them.\n\n"
+    "Log-probabilities are natural logs (nats) unless a base is chosen. Tokens include one end-of-line token "
+    "per line; words are whitespace words plus one per line end; bits per character count Unicode code points "
+    "including the newline.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory [default: the latest trained model].")]
+DeviceOption = Annotated[str, typer.Option(help="Device: auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")]
+EncodingErrorsOption = Annotated[Literal["strict", "replace"], typer.Option(
+    "--encoding-errors", help="Invalid UTF-8 in the input: 'strict' stops with its byte offset and line; 'replace' substitutes U+FFFD.")]
+TokenizerOption = Annotated[Literal["char"], typer.Option(
+    "--tokenizer", help="Tokenizer: char (one token per Unicode character).")]
+ValidOption = Annotated[Optional[str], typer.Option("--valid", help="Validation text file [default: split off the corpus].")]
+TestOption = Annotated[Optional[str], typer.Option("--test", help="Test text file [default: split off the corpus].")]
+ValidFractionOption = Annotated[float, typer.Option(
+    "--valid-fraction", help="Without --valid/--test: fraction of lines, before the test lines at the end, held out for validation.")]
+TestFractionOption = Annotated[float, typer.Option(
+    "--test-fraction", help="Without --valid/--test: fraction of lines at the end held out for testing.")]
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"rnnlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Train recurrent language models on plain text; sample, score and measure them."""
+
+
+@app.command()
+def prepare(
+    corpus: Annotated[list[str], typer.Argument(help="Text file(s), or - for standard input.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (replaced whole if it holds an earlier prepare).")],
+    tokenizer: TokenizerOption = "char",
+    valid: ValidOption = None,
+    test: TestOption = None,
+    valid_fraction: ValidFractionOption = 0.05,
+    test_fraction: TestFractionOption = 0.0,
+    encoding_errors: EncodingErrorsOption = "strict",
+) -> None:
+    """Build the tokenizer and the token-id files (train.bin, valid.bin, test.bin, meta.json) from text.
+
+    The tokenizer is built from the training split only; characters seen only in validation or
+    test text are out of vocabulary there. meta.json records, per split, tokens (end-of-line
+    included), words (plus one per line end), characters (newlines included), lines and OOV tokens.
+    """
+    from rnnlm.data import PrepareOptions
+    from rnnlm.data import prepare as prepare_corpus
+
+    options = PrepareOptions(tokenizer, valid, test, valid_fraction, test_fraction, encoding_errors)
+    prepared = prepare_corpus(corpus, output, options)
+    for split, counts in prepared.meta["splits"].items():
+        typer.echo(f"{split}: {counts['tokens']:,} tokens, {counts['words']:,} words, {counts['chars']:,} characters, "
+                   f"{counts['lines']:,} lines, {counts['oov']:,} OOV", err=True)
+    typer.echo(f"vocabulary: {prepared.tokenizer.vocab_size:,} tokens ({tokenizer}); wrote {output}", err=True)
+
+
+@app.command()
+def train(
+    corpus: Annotated[list[str], typer.Argument(help="Text file(s), or one directory made by 'rnnlm prepare'.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory [default: models/NAME-CELL-TIME].")] = None,
+    cell: Annotated[Literal["lstm", "gru", "rnn_tanh", "rnn_relu"], typer.Option(help="Recurrent cell.")] = "lstm",
+    layers: Annotated[int, typer.Option(min=1, help="Recurrent layers.")] = 2,
+    embedding_size: Annotated[Optional[int], typer.Option(min=1, help="Embedding size [default: chosen from the corpus size].")] = None,
+    hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size [default: chosen from the corpus size].")] = None,
+    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on embeddings, between layers and on outputs [default: chosen from the corpus size].")] = None,
+    tie: Annotated[Optional[bool], typer.Option("--tie/--no-tie", help="Share the embedding and decoder weights (a projection bridges different sizes) [default: on for word-sized vocabularies].")] = None,
+    bptt: Annotated[int, typer.Option(min=1, help="Tokens per truncated back-propagation window.")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch.")] = 32,
+    optimizer: Annotated[Literal["adamw", "sgd"], typer.Option(help="Optimiser.")] = "adamw",
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="Decoupled weight decay on matrices.")] = 0.01,
+    clip: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0: off).")] = 1.0,
+    schedule: Annotated[Literal["cosine", "constant"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth over the run, or constant.")] = "cosine",
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Steps of linear learning-rate warm-up.")] = 100,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Passes over the training split [default: as many as --max-time allows].")] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="Wall-clock budget such as 90s, 5m, 1h30m [default: 5m when --epochs is not given].")] = None,
+    patience: Annotated[int, typer.Option(min=0, help="Stop after this many evaluations without a better validation loss (0: never).")] = 6,
+    eval_interval: Annotated[Optional[str], typer.Option(help="Time between validations, e.g. 30s [default: a thirtieth of --max-time, at least 5s].")] = None,
+    precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = "auto",
+    device: DeviceOption = "auto",
+    random_seed: Annotated[int, typer.Option(help="Seed for weights, dropout and batching.")] = 0,
+    tokenizer: TokenizerOption = "char",
+    valid: ValidOption = None,
+    test: TestOption = None,
+    valid_fraction: ValidFractionOption = 0.05,
+    test_fraction: TestFractionOption = 0.0,
+    encoding_errors: EncodingErrorsOption = "strict",
+) -> None:
+    """Train a model on raw text (prepared on the way and cached) or on a prepared directory.
+
+    Teacher forcing over stateful truncated back-propagation batches; the weights with the lowest
+    validation loss are kept. The model directory (config.json, model.safetensors, tokenizer.json,
+    metrics.jsonl with losses in nats per token) becomes the latest model for sample, score and perplexity.
+    """
+    from rnnlm.data import PrepareOptions, open_corpus
+    from rnnlm.display import TrainingDisplay
+    from rnnlm.durations import parse_duration
+    from rnnlm.train import TrainConfig, default_model_config, default_output_dir
+    from rnnlm.train import train as train_model
+
+    budget = parse_duration(max_time) if max_time is not None else (None if epochs else 300.0)
+    interval = parse_duration(eval_interval) if eval_interval is not None else None
+    corpus_data = open_corpus(corpus, PrepareOptions(tokenizer, valid, test, valid_fraction, test_fraction, encoding_errors))
+    model_config = default_model_config(corpus_data, cell=cell, layers=layers, embedding_size=embedding_size,
+                                        hidden_size=hidden_size, dropout=dropout, tie=tie)
+    config = TrainConfig(bptt=bptt, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                         clip=clip, schedule=schedule, warmup_steps=warmup_steps, epochs=epochs, max_time=budget,
+                         patience=patience or None, eval_interval=interval, precision=precision, device=device,
+                         random_seed=random_seed)
+    train_model(corpus_data, output or default_output_dir(corpus, cell), model_config, config, TrainingDisplay())
+
+
+@app.command()
+def sample(
+    model: ModelOption = None,
+    seed: Annotated[str, typer.Option(help="Prompt text the sample continues (any UTF-8; empty: start of a line).")] = "",
+    strategy: Annotated[Literal["greedy", "sample"], typer.Option(help="greedy: the most likely token each step; sample: draw from the distribution.")] = "sample",
+    temperature: Annotated[float, typer.Option(help="Divide logits by this before sampling; 0 is greedy.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample only among the k most likely tokens (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Sample only from the smallest set of tokens whose probability reaches p (1: all).")] = 1.0,
+    length: Annotated[int, typer.Option(help="Tokens to generate after the seed.")] = 500,
+    num_samples: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.")] = 1,
+    random_seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples [default: fresh randomness].")] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Generate text that continues --seed. The seed is printed first, then the generated tokens as they come."""
+    from rnnlm.checkpoint import load_model
+    from rnnlm.generate import SamplingConfig, generate, unseen_characters
+    from rnnlm.train import resolve_device
+
+    config = SamplingConfig(strategy, temperature, top_k, top_p, length, num_samples, random_seed)
+    config.validate()
+    loaded = load_model(model, str(resolve_device(device)))
+    unseen = unseen_characters(loaded.tokenizer, seed)
+    if unseen:
+        typer.echo(f"rnnlm: warning: the model has not seen {''.join(unseen)!r} in training; "
+                   "the seed uses the unknown token for them", err=True)
+    steps = generate(loaded.model, loaded.tokenizer, seed, config)
+    out = sys.stdout
+    if num_samples == 1:
+        out.write(seed)
+        ids: list[int] = []
+        printed = ""
+        for tokens in steps:
+            ids.append(int(tokens[0]))
+            text = loaded.tokenizer.decode(ids)
+            out.write(text[len(printed):])
+            printed = text
+            out.flush()
+        out.write("" if (seed + printed).endswith("\n") else "\n")
+        return
+    columns = [t.tolist() for t in steps]
+    for index in range(num_samples):
+        text = seed + loaded.tokenizer.decode([step[index] for step in columns])
+        out.write(text + ("" if text.endswith("\n") else "\n") + ("\n" if index < num_samples - 1 else ""))
+
+
+LOG_BASES = {"e": 1.0, "2": 0.6931471805599453, "10": 2.302585092994046}
+
+
+@app.command()
+def score(
+    file: Annotated[str, typer.Argument(help="Text to score, one item per line; - for standard input.")] = "-",
+    model: ModelOption = None,
+    output_format: Annotated[Literal["tsv", "value", "jsonl"], typer.Option("--format", help="tsv: LOGPROB<TAB>LINE; value: the number alone; jsonl: one object per line.")] = "tsv",
+    log_base: Annotated[Literal["e", "2", "10"], typer.Option(help="Base of the logarithms printed.")] = "e",
+    chunk_lines: Annotated[int, typer.Option(min=1, help="Lines read, scored as batches and written per chunk.")] = 2048,
+    device: DeviceOption = "auto",
+    encoding_errors: EncodingErrorsOption = "strict",
+) -> None:
+    """Score each line on its own: log P(tokens of the line, end-of-line | end-of-line), from a fresh state.
+
+    One output line per input line, in input order, empty lines included. An empty input prints nothing.
+    """
+    from rnnlm.checkpoint import load_model
+    from rnnlm.fileio import iter_text_chunks, open_binary_input
+    from rnnlm.scoring import score_lines
+    from rnnlm.train import resolve_device
+
+    loaded = load_model(model, str(resolve_device(device)))
+    divisor = LOG_BASES[log_base]
+    out = sys.stdout
+    with open_binary_input(file) as stream:
+        for lines in _line_chunks(iter_text_chunks(stream, "<stdin>" if file == "-" else file, encoding_errors, 1 << 20), chunk_lines):
+            for line, result in zip(lines, score_lines(loaded.model, loaded.tokenizer, lines)):
+                logprob = result.logprob / divisor
+                if output_format == "tsv":
+                    out.write(f"{logprob:.6f}\t{line}\n")
+                elif output_format == "value":
+                    out.write(f"{logprob:.6f}\n")
+                else:
+                    out.write(json.dumps({"text": line, "logprob": logprob, "tokens": result.tokens, "words": result.words,
+                                          "chars": result.chars, "oov": result.oov}, ensure_ascii=False) + "\n")
+            out.flush()
+
+
+def _line_chunks(chunks, size: int):  # type: ignore[no-untyped-def]
+    """Lists of at most `size` lines (without their newlines) from text chunks."""
+    pending: list[str] = []
+    for text in chunks:
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        pending.extend(lines)
+        while len(pending) >= size:
+            yield pending[:size]
+            pending = pending[size:]
+    if pending:
+        yield pending
+
+
+@app.command()
+def perplexity(
+    file: Annotated[str, typer.Argument(help="Text file to measure; - for standard input.", show_default=False)],
+    model: ModelOption = None,
+    independent_lines: Annotated[bool, typer.Option("--independent-lines", help="Score each line from a fresh state (equals the sum of 'rnnlm score'); default: one running stream.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: tokens, words, chars, lines, oov, nll (nats), ppl (per token), word_ppl, bpc, ppl_excluding_oov, mode.")] = False,
+    device: DeviceOption = "auto",
+    encoding_errors: EncodingErrorsOption = "strict",
+) -> None:
+    """Perplexity of a file per token and per word, and bits per character, with the counts behind each."""
+    from rnnlm.checkpoint import load_model
+    from rnnlm.display import perplexity_table
+    from rnnlm.fileio import iter_text_chunks, open_binary_input
+    from rnnlm.scoring import perplexity as measure
+    from rnnlm.train import resolve_device
+
+    loaded = load_model(model, str(resolve_device(device)))
+    name = "<stdin>" if file == "-" else file
+    with open_binary_input(file) as stream:
+        result = measure(loaded.model, loaded.tokenizer, iter_text_chunks(stream, name, encoding_errors), independent_lines)
+    if result.tokens == 0:
+        raise UserError(f"{name}: is empty; nothing to measure")
+    report = result.to_dict()
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        from rich.console import Console
+
+        Console().print(perplexity_table(report, name))
+
+
+def main() -> None:
+    """Entry point: run the app and turn every failure into a one-line message and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=sys.argv[1:], prog_name="rnnlm", standalone_mode=False)
+        sys.stdout.flush()
+    except UserError as error:
+        _fail(str(error), 1)
+    except click.UsageError as error:
+        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+        _fail(error.format_message().replace("\n", " ") + hint, 2)
+    except click.ClickException as error:
+        _fail(error.format_message(), 1)
+    except (click.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except OSError as error:
+        if os.environ.get("RNNLM_DEBUG"):
+            raise
+        where = f": {error.filename}" if error.filename else ""
+        _fail(f"{error.strerror or error}{where}", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"rnnlm: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (as in `rnnlm score | head`): stop quietly with success."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)

@@ -1,0 +1,94 @@
+"""What people see: the training progress display and the result tables (Rich, on stderr or stdout)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from rnnlm.durations import format_duration
+
+stderr = Console(stderr=True)
+
+
+class TrainingDisplay:
+    """A live progress bar on a terminal; one log line per evaluation when stderr is a file or pipe."""
+
+    def __init__(self, console: Console = stderr) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.val_bpc = math.nan
+        self.last_refresh = 0.0
+
+    def start(self, info: dict[str, Any]) -> None:
+        budget = f", budget {format_duration(info['max_time'])}" if info["max_time"] else ""
+        self.console.print(
+            f"training {info['parameters']:,} parameters on {info['train_tokens']:,} tokens "
+            f"({info['device']}, {info['precision']}{budget}) -> {info['output']}"
+        )
+        if self.live:
+            self.progress = Progress(
+                TextColumn("[bold]step {task.completed:>7.0f}"), BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%  loss {task.fields[loss]:.3f} nats/token  "
+                           "val {task.fields[val_bpc]:.3f} bits/char  {task.fields[speed]:,.0f} tokens/s  "
+                           "left {task.fields[left]}"),
+                console=self.console, transient=False,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=None, loss=math.nan, val_bpc=math.nan, speed=0.0, left="?")
+
+    def step(self, info: dict[str, Any]) -> None:
+        if self.progress is None:
+            return
+        now = time.perf_counter()
+        if now - self.last_refresh < 0.25:
+            return
+        self.last_refresh = now
+        progress = max(info["progress"], 1e-9)
+        left = format_duration(info["elapsed_s"] * (1 - progress) / progress) if info["progress"] > 0 else "?"
+        self.progress.update(self.task, completed=info["step"], total=info["step"] / progress, loss=info["loss"],
+                             val_bpc=self.val_bpc, speed=info["tokens_per_s"], left=left)
+
+    def evaluation(self, record: dict[str, Any]) -> None:
+        self.val_bpc = record["val_bpc"]
+        if self.progress is None:
+            train_loss = record["train_loss"]
+            train = f"{train_loss:.4f}" if train_loss is not None else "-"
+            self.console.print(
+                f"step {record['step']:>7}  epoch {record['epoch']:>3}  train {train} nats/token  "
+                f"val {record['val_loss']:.4f} nats/token = {record['val_bpc']:.4f} bits/char"
+                f"{' (best)' if record['best'] else ''}  {record['tokens_per_s']:,.0f} tokens/s  "
+                f"{format_duration(record['elapsed_s'])}",
+                highlight=False, soft_wrap=True,
+            )
+
+    def finish(self, result: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        table = Table(title="training finished", show_header=False, title_justify="left")
+        table.add_row("stopped by", result.stopped_because)
+        table.add_row("steps", f"{result.steps:,}")
+        table.add_row("tokens seen", f"{result.tokens:,}")
+        table.add_row("time", format_duration(result.elapsed_s))
+        table.add_row("best validation", f"{result.best_val_loss:.4f} nats/token, {result.best_val_bpc:.4f} bits/char")
+        table.add_row("model", str(result.directory))
+        self.console.print(table)
+
+
+def perplexity_table(report: dict[str, Any], source: str) -> Table:
+    table = Table(title=f"{source} ({report['mode']})", title_justify="left")
+    for column in ("measure", "value", "normalised by"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    table.add_row("perplexity per token", f"{report['ppl']:.3f}", f"{report['tokens']:,} tokens (one end-of-line per line)")
+    table.add_row("perplexity per word", f"{report['word_ppl']:.3f}", f"{report['words']:,} words (one per line end)")
+    table.add_row("bits per character", f"{report['bpc']:.4f}", f"{report['chars']:,} characters (newlines included)")
+    table.add_row("cross-entropy", f"{report['nats_per_token']:.4f}", "nats per token")
+    table.add_row("total NLL", f"{report['nll']:.2f}", "nats")
+    table.add_row("out of vocabulary", f"{report['oov']:,}", f"tokens; perplexity per token without them {report['ppl_excluding_oov']:.3f}")
+    return table

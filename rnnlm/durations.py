@@ -1,0 +1,32 @@
+"""Wall-clock budgets written the way people write them: 90s, 5m, 1h30m, 2.5h, or plain seconds."""
+
+from __future__ import annotations
+
+import re
+
+from rnnlm.errors import UserError
+
+UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text`; raises UserError for anything that is not a positive duration."""
+    cleaned = text.strip().lower().replace(" ", "")
+    try:
+        seconds = float(cleaned)
+    except ValueError:
+        parts = _PART.findall(cleaned)
+        if not parts or "".join(number + unit for number, unit in parts) != cleaned:
+            raise UserError(f"--max-time {text!r} is not a duration; write e.g. 90s, 5m, 1h30m") from None
+        seconds = sum(float(number) * UNIT_SECONDS[unit] for number, unit in parts)
+    if not seconds > 0 or seconds == float("inf"):
+        raise UserError(f"--max-time must be a positive duration, got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

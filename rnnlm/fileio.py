@@ -1,0 +1,158 @@
+"""Reading text input safely and writing files atomically.
+
+Input is read in bounded chunks that end on line boundaries, so nothing holds a whole
+corpus in memory; invalid UTF-8 is reported with its byte offset and line number.
+Every file the tool writes goes to a temporary name first and is renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, IO
+
+from rnnlm.errors import UserError
+
+CHUNK_BYTES = 1 << 22
+ENCODING_ERRORS = ("strict", "replace")
+
+
+def check_readable_file(path: Path) -> None:
+    """Turn the usual ways a path can be unusable into one clear message."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a text file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{path}: permission denied")
+
+
+@contextmanager
+def open_binary_input(source: str) -> Iterator[BinaryIO]:
+    """Open a path, or standard input for '-', for reading bytes."""
+    if source == "-":
+        yield sys.stdin.buffer
+        return
+    path = Path(source)
+    check_readable_file(path)
+    with path.open("rb") as stream:
+        yield stream
+
+
+def iter_text_chunks(
+    stream: BinaryIO, name: str, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[str]:
+    """Decoded text in pieces of about `chunk_bytes`, each ending after a newline (but the last).
+
+    With errors="strict", invalid UTF-8 raises a UserError naming the byte offset and line.
+    """
+    offset = 0
+    line_number = 1
+    pending = b""
+    while True:
+        block = stream.read(chunk_bytes)
+        data = pending + block
+        if not data:
+            return
+        if block:
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # a very long line: keep reading until it ends
+                pending = data
+                continue
+            data, pending = data[:cut], data[cut:]
+        else:
+            pending = b""
+        try:
+            text = data.decode("utf-8", errors=errors)
+        except UnicodeDecodeError as error:
+            bad_line = line_number + data.count(b"\n", 0, error.start)
+            raise UserError(
+                f"{name}: invalid UTF-8 at byte {offset + error.start} (line {bad_line}); "
+                "use --encoding-errors replace to substitute U+FFFD"
+            ) from None
+        offset += len(data)
+        line_number += data.count(b"\n")
+        yield text
+        if not block:
+            return
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_output(path, "wb") as stream:
+        stream.write(data)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_output(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """A file object whose content appears at `path` only if the block completes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, mode) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(path: Path, marker_files: tuple[str, ...]) -> Iterator[Path]:
+    """A temporary directory that replaces `path` as a whole once the block completes.
+
+    An existing `path` is replaced only if it holds one of `marker_files` (an earlier
+    output of this tool) or is empty, so a mistyped -o never deletes someone's files.
+    """
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path}: exists and is not a directory")
+        if any(path.iterdir()) and not any((path / name).exists() for name in marker_files):
+            raise UserError(f"{path}: directory exists and is not an rnnlm output; choose another")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        os.chmod(temporary, 0o777 & ~_umask())
+    except OSError as error:
+        raise UserError(f"{path}: cannot write here ({error.strerror})") from None
+    try:
+        yield temporary
+        replace_directory(temporary, path)
+    except BaseException:
+        remove_tree(temporary)
+        raise
+
+
+def replace_directory(source: Path, target: Path) -> None:
+    """Move `source` to `target`; an old `target` is kept aside until the new one is in place."""
+    if target.exists():
+        retired = target.with_name(f".{target.name}.old")
+        remove_tree(retired)
+        os.rename(target, retired)
+        os.rename(source, target)
+        remove_tree(retired)
+    else:
+        os.rename(source, target)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,219 @@
+"""Log-likelihoods: of a running token stream, of independent lines, and a file's perplexity.
+
+Conventions (DESIGN.md): the end-of-line token is the start context and is never scored
+as context; every line's end-of-line token is scored. Totals are natural-log NLL (nats);
+per-word figures count whitespace words plus one per line end; bits per character count
+Unicode code points including the newline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rnnlm.model import RNNLanguageModel, State
+from rnnlm.tokenizers import Tokenizer
+
+LOGIT_BUDGET = 1 << 22  # floats of logits held at once while scoring
+MAX_BATCH_LINES = 256
+
+
+@dataclass
+class NLLTotals:
+    nll: float = 0.0  # nats, summed over scored tokens
+    tokens: int = 0
+    oov: int = 0  # scored tokens that are the unknown token
+    oov_nll: float = 0.0
+
+    def add(self, other: NLLTotals) -> None:
+        self.nll += other.nll
+        self.tokens += other.tokens
+        self.oov += other.oov
+        self.oov_nll += other.oov_nll
+
+
+@dataclass
+class LineScore:
+    logprob: float  # natural log of P(tokens of the line, end-of-line | end-of-line)
+    tokens: int
+    oov: int
+    words: int
+    chars: int
+    oov_logprob: float = 0.0  # the part of `logprob` spent on unknown tokens
+    token_ids: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+
+
+def time_window(rows: int, vocab_size: int, longest: int = 512) -> int:
+    return max(8, min(longest, LOGIT_BUDGET // max(1, rows * vocab_size)))
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+@torch.inference_mode()
+def stream_nll(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window: int, start_token: int,
+               state: State | None = None, unk_id: int | None = None) -> tuple[float, int]:
+    """Total NLL and scored-token count of `start_token` followed by `tokens`, state carried.
+
+    With rows > 1 the stream is cut into that many parallel rows (as in training), which is
+    faster and scores all but a few trailing tokens; rows=1 scores every token exactly.
+    """
+    totals, _ = stream_totals(model, tokens, rows, window, start_token, state, unk_id)
+    return totals.nll, totals.tokens
+
+
+@torch.inference_mode()
+def stream_totals(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window: int, start_token: int,
+                  state: State | None = None, unk_id: int | None = None) -> tuple[NLLTotals, State | None]:
+    stream = np.concatenate([np.array([start_token], dtype=np.int64), np.asarray(tokens, dtype=np.int64)])
+    rows = max(1, min(rows, len(stream) - 1))
+    row_length = (len(stream) - 1) // rows
+    grid = np.lib.stride_tricks.as_strided(stream, (rows, row_length + 1), (row_length * 8, 8))
+    device = model.embedding.weight.device
+    window = min(window, time_window(rows, model.config.vocab_size))
+    totals = NLLTotals()
+    for column in range(0, row_length, window):
+        block = torch.from_numpy(np.ascontiguousarray(grid[:, column : column + window + 1])).to(device)
+        logits, state = model(block[:, :-1], state)
+        logprobs = _token_logprobs(logits, block[:, 1:])
+        totals.nll -= logprobs.sum().item()
+        totals.tokens += logprobs.numel()
+        if unk_id is not None:
+            unknown = block[:, 1:] == unk_id
+            totals.oov += int(unknown.sum().item())
+            totals.oov_nll -= logprobs[unknown].sum().item()
+    return totals, state
+
+
+def encode_line(tokenizer: Tokenizer, line: str) -> np.ndarray:
+    """A line's tokens followed by its end-of-line token."""
+    return np.append(tokenizer.encode(line), tokenizer.eol_id)
+
+
+@torch.inference_mode()
+def score_lines(model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[str],
+                detail: bool = False) -> list[LineScore]:
+    """Score each line on its own, from a fresh state, in length-sorted padded batches."""
+    encoded = [encode_line(tokenizer, line) for line in lines]
+    order = sorted(range(len(lines)), key=lambda i: len(encoded[i]))
+    scores: list[LineScore | None] = [None] * len(lines)
+    for batch in _length_batches(order, encoded):
+        for index, line_logprobs in zip(batch, _score_batch(model, [encoded[i] for i in batch], tokenizer.eol_id)):
+            ids = encoded[index]
+            line = lines[index]
+            scores[index] = LineScore(
+                logprob=float(line_logprobs.sum()),
+                tokens=len(ids),
+                oov=int(np.count_nonzero(ids == tokenizer.unk_id)),
+                oov_logprob=float(line_logprobs[ids == tokenizer.unk_id].sum()),
+                words=len(line.split()) + 1,
+                chars=len(line) + 1,
+                token_ids=ids.tolist() if detail else [],
+                token_logprobs=line_logprobs.tolist() if detail else [],
+            )
+    return scores  # type: ignore[return-value]
+
+
+def _length_batches(order: list[int], encoded: list[np.ndarray]) -> Iterator[list[int]]:
+    """Groups of similar-length lines whose padded size stays within the token budget."""
+    batch: list[int] = []
+    for index in order:
+        longest = len(encoded[index])  # `order` is sorted by length, so the newest is the longest
+        if batch and (len(batch) + 1) * longest > LOGIT_BUDGET // 64 or len(batch) >= MAX_BATCH_LINES:
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def _score_batch(model: RNNLanguageModel, sequences: list[np.ndarray], start_token: int) -> list[np.ndarray]:
+    """Per-token log-probabilities of each sequence, padded on the right and read in time windows."""
+    device = model.embedding.weight.device
+    longest = max(len(s) for s in sequences)
+    targets = np.full((len(sequences), longest), start_token, dtype=np.int64)
+    for row, sequence in enumerate(sequences):
+        targets[row, : len(sequence)] = sequence
+    inputs = np.concatenate([np.full((len(sequences), 1), start_token, dtype=np.int64), targets[:, :-1]], axis=1)
+    window = time_window(len(sequences), model.config.vocab_size)
+    state = None
+    pieces = []
+    for column in range(0, longest, window):
+        x = torch.from_numpy(np.ascontiguousarray(inputs[:, column : column + window])).to(device)
+        y = torch.from_numpy(np.ascontiguousarray(targets[:, column : column + window])).to(device)
+        logits, state = model(x, state)
+        pieces.append(_token_logprobs(logits, y).cpu().double().numpy())
+    logprobs = np.concatenate(pieces, axis=1)
+    return [logprobs[row, : len(sequence)] for row, sequence in enumerate(sequences)]
+
+
+@dataclass
+class Perplexity:
+    mode: str
+    nll: float
+    tokens: int
+    words: int
+    chars: int
+    lines: int
+    oov: int
+    oov_nll: float
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        in_vocab = self.tokens - self.oov
+        return {
+            "mode": self.mode,
+            "nll": self.nll,
+            "tokens": self.tokens,
+            "words": self.words,
+            "chars": self.chars,
+            "lines": self.lines,
+            "oov": self.oov,
+            "ppl": _exp(self.nll / self.tokens),
+            "word_ppl": _exp(self.nll / self.words),
+            "bpc": self.nll / self.chars / math.log(2),
+            "ppl_excluding_oov": _exp((self.nll - self.oov_nll) / in_vocab) if in_vocab else float("nan"),
+            "nats_per_token": self.nll / self.tokens,
+        }
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+def perplexity(model: RNNLanguageModel, tokenizer: Tokenizer, chunks: Iterable[str],
+               independent_lines: bool = False) -> Perplexity:
+    """Perplexity of text given as chunks that end on line boundaries (the last may not).
+
+    Stream mode carries the state across lines and chunks, as the published PTB numbers do;
+    independent-lines mode scores each line from a fresh state, as `score` does.
+    """
+    totals = NLLTotals()
+    words = chars = lines = 0
+    state: State | None = None
+    previous = tokenizer.eol_id
+    for text in chunks:
+        if not text:
+            continue
+        line_texts = text.split("\n")
+        if line_texts[-1] == "":
+            line_texts.pop()
+        words += sum(len(line.split()) + 1 for line in line_texts)
+        chars += sum(len(line) + 1 for line in line_texts)
+        lines += len(line_texts)
+        if independent_lines:
+            for score in score_lines(model, tokenizer, line_texts):
+                totals.add(NLLTotals(-score.logprob, score.tokens, score.oov, -score.oov_logprob))
+            continue
+        ids = np.concatenate([encode_line(tokenizer, line) for line in line_texts])
+        chunk_totals, state = stream_totals(model, ids, 1, 512, previous, state, tokenizer.unk_id)
+        totals.add(chunk_totals)
+        previous = int(ids[-1])
+    return Perplexity("independent-lines" if independent_lines else "stream", totals.nll, totals.tokens,
+                      words, chars, lines, totals.oov, totals.oov_nll)
