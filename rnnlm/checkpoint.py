@@ -81,7 +81,7 @@ def load_model(directory: Path | None, device: str = "cpu") -> LoadedModel:
         raise UserError(f"{directory}: no such model directory")
     try:
         config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
-        if config.get("format") != MODEL_FORMAT:
+        if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
             raise ValueError(f"format is not {MODEL_FORMAT!r}")
         model = RNNLanguageModel(ModelConfig(**config["model"]))
         tensors = load((directory / WEIGHTS).read_bytes())
@@ -94,6 +94,9 @@ def load_model(directory: Path | None, device: str = "cpu") -> LoadedModel:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"{directory}: corrupt model directory ({message})") from None
     tokenizer = load_tokenizer(directory / TOKENIZER)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise UserError(f"{directory}: corrupt model directory (the tokenizer has {tokenizer.vocab_size} tokens, "
+                        f"the model {model.config.vocab_size})")
     model.to(device).eval()
     return LoadedModel(directory, model, tokenizer, config)
 

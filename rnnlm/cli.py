@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-import click
 import typer
 
 from rnnlm import __version__
@@ -31,18 +30,21 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory [default: the latest trained model].")]
+ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (default: the latest trained model).")]
 DeviceOption = Annotated[str, typer.Option(help="Device: auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")]
 EncodingErrorsOption = Annotated[Literal["strict", "replace"], typer.Option(
     "--encoding-errors", help="Invalid UTF-8 in the input: 'strict' stops with its byte offset and line; 'replace' substitutes U+FFFD.")]
 TokenizerOption = Annotated[Literal["char"], typer.Option(
     "--tokenizer", help="Tokenizer: char (one token per Unicode character).")]
-ValidOption = Annotated[Optional[str], typer.Option("--valid", help="Validation text file [default: split off the corpus].")]
-TestOption = Annotated[Optional[str], typer.Option("--test", help="Test text file [default: split off the corpus].")]
+ValidOption = Annotated[Optional[str], typer.Option("--valid", help="Validation text file (default: split off the corpus).")]
+TestOption = Annotated[Optional[str], typer.Option("--test", help="Test text file (default: split off the corpus).")]
 ValidFractionOption = Annotated[float, typer.Option(
     "--valid-fraction", help="Without --valid/--test: fraction of lines, before the test lines at the end, held out for validation.")]
 TestFractionOption = Annotated[float, typer.Option(
     "--test-fraction", help="Without --valid/--test: fraction of lines at the end held out for testing.")]
+MirrorOption = Annotated[Optional[str], typer.Option(
+    "--mirror", envvar="RNNLM_CORPUS_MIRROR", show_envvar=True,
+    help="Folder holding local copies of the catalogue corpora (e.g. MIRROR/ptb/ptb.train.txt), used instead of downloading.")]
 
 
 def version_callback(value: bool) -> None:
@@ -61,7 +63,7 @@ def main_options(
 
 @app.command()
 def prepare(
-    corpus: Annotated[list[str], typer.Argument(help="Text file(s), or - for standard input.", show_default=False)],
+    corpus: Annotated[list[str], typer.Argument(help="Text file(s), - for standard input, or a catalogue name: alice, tinyshakespeare, ptb, ptb-char.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (replaced whole if it holds an earlier prepare).")],
     tokenizer: TokenizerOption = "char",
     valid: ValidOption = None,
@@ -69,6 +71,7 @@ def prepare(
     valid_fraction: ValidFractionOption = 0.05,
     test_fraction: TestFractionOption = 0.0,
     encoding_errors: EncodingErrorsOption = "strict",
+    mirror: MirrorOption = None,
 ) -> None:
     """Build the tokenizer and the token-id files (train.bin, valid.bin, test.bin, meta.json) from text.
 
@@ -76,11 +79,13 @@ def prepare(
     test text are out of vocabulary there. meta.json records, per split, tokens (end-of-line
     included), words (plus one per line end), characters (newlines included), lines and OOV tokens.
     """
+    from rnnlm.corpora import resolve_sources
     from rnnlm.data import PrepareOptions
     from rnnlm.data import prepare as prepare_corpus
 
     options = PrepareOptions(tokenizer, valid, test, valid_fraction, test_fraction, encoding_errors)
-    prepared = prepare_corpus(corpus, output, options)
+    sources, options = resolve_sources(corpus, options, mirror)
+    prepared = prepare_corpus(sources, output, options)
     for split, counts in prepared.meta["splits"].items():
         typer.echo(f"{split}: {counts['tokens']:,} tokens, {counts['words']:,} words, {counts['chars']:,} characters, "
                    f"{counts['lines']:,} lines, {counts['oov']:,} OOV", err=True)
@@ -89,14 +94,14 @@ def prepare(
 
 @app.command()
 def train(
-    corpus: Annotated[list[str], typer.Argument(help="Text file(s), or one directory made by 'rnnlm prepare'.", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory [default: models/NAME-CELL-TIME].")] = None,
+    corpus: Annotated[list[str], typer.Argument(help="Text file(s), a catalogue name (alice, tinyshakespeare, ptb, ptb-char), or a directory made by 'rnnlm prepare'.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory (default: models/NAME-CELL-TIME).")] = None,
     cell: Annotated[Literal["lstm", "gru", "rnn_tanh", "rnn_relu"], typer.Option(help="Recurrent cell.")] = "lstm",
     layers: Annotated[int, typer.Option(min=1, help="Recurrent layers.")] = 2,
-    embedding_size: Annotated[Optional[int], typer.Option(min=1, help="Embedding size [default: chosen from the corpus size].")] = None,
-    hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size [default: chosen from the corpus size].")] = None,
-    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on embeddings, between layers and on outputs [default: chosen from the corpus size].")] = None,
-    tie: Annotated[Optional[bool], typer.Option("--tie/--no-tie", help="Share the embedding and decoder weights (a projection bridges different sizes) [default: on for word-sized vocabularies].")] = None,
+    embedding_size: Annotated[Optional[int], typer.Option(min=1, help="Embedding size (default: chosen from the corpus size).")] = None,
+    hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size (default: chosen from the corpus size).")] = None,
+    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on embeddings, between layers and on outputs (default: chosen from the corpus size).")] = None,
+    tie: Annotated[Optional[bool], typer.Option("--tie/--no-tie", help="Share the embedding and decoder weights (a projection bridges different sizes) (default: on for word-sized vocabularies).")] = None,
     bptt: Annotated[int, typer.Option(min=1, help="Tokens per truncated back-propagation window.")] = 128,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch.")] = 32,
     optimizer: Annotated[Literal["adamw", "sgd"], typer.Option(help="Optimiser.")] = "adamw",
@@ -105,10 +110,10 @@ def train(
     clip: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0: off).")] = 1.0,
     schedule: Annotated[Literal["cosine", "constant"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth over the run, or constant.")] = "cosine",
     warmup_steps: Annotated[int, typer.Option(min=0, help="Steps of linear learning-rate warm-up.")] = 100,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Passes over the training split [default: as many as --max-time allows].")] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="Wall-clock budget such as 90s, 5m, 1h30m [default: 5m when --epochs is not given].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Passes over the training split (default: as many as --max-time allows).")] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="Wall-clock budget such as 90s, 5m, 1h30m (default: 5m when --epochs is not given).")] = None,
     patience: Annotated[int, typer.Option(min=0, help="Stop after this many evaluations without a better validation loss (0: never).")] = 6,
-    eval_interval: Annotated[Optional[str], typer.Option(help="Time between validations, e.g. 30s [default: a thirtieth of --max-time, at least 5s].")] = None,
+    eval_interval: Annotated[Optional[str], typer.Option(help="Time between validations, e.g. 30s (default: a thirtieth of --max-time, at least 5s).")] = None,
     precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = "auto",
     device: DeviceOption = "auto",
     random_seed: Annotated[int, typer.Option(help="Seed for weights, dropout and batching.")] = 0,
@@ -118,6 +123,7 @@ def train(
     valid_fraction: ValidFractionOption = 0.05,
     test_fraction: TestFractionOption = 0.0,
     encoding_errors: EncodingErrorsOption = "strict",
+    mirror: MirrorOption = None,
 ) -> None:
     """Train a model on raw text (prepared on the way and cached) or on a prepared directory.
 
@@ -125,6 +131,7 @@ def train(
     validation loss are kept. The model directory (config.json, model.safetensors, tokenizer.json,
     metrics.jsonl with losses in nats per token) becomes the latest model for sample, score and perplexity.
     """
+    from rnnlm.corpora import resolve_sources
     from rnnlm.data import PrepareOptions, open_corpus
     from rnnlm.display import TrainingDisplay
     from rnnlm.durations import parse_duration
@@ -132,8 +139,9 @@ def train(
     from rnnlm.train import train as train_model
 
     budget = parse_duration(max_time) if max_time is not None else (None if epochs else 300.0)
-    interval = parse_duration(eval_interval) if eval_interval is not None else None
-    corpus_data = open_corpus(corpus, PrepareOptions(tokenizer, valid, test, valid_fraction, test_fraction, encoding_errors))
+    interval = parse_duration(eval_interval, "--eval-interval") if eval_interval is not None else None
+    options = PrepareOptions(tokenizer, valid, test, valid_fraction, test_fraction, encoding_errors)
+    corpus_data = open_corpus(*resolve_sources(corpus, options, mirror))
     model_config = default_model_config(corpus_data, cell=cell, layers=layers, embedding_size=embedding_size,
                                         hidden_size=hidden_size, dropout=dropout, tie=tie)
     config = TrainConfig(bptt=bptt, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
@@ -153,7 +161,7 @@ def sample(
     top_p: Annotated[float, typer.Option(help="Sample only from the smallest set of tokens whose probability reaches p (1: all).")] = 1.0,
     length: Annotated[int, typer.Option(help="Tokens to generate after the seed.")] = 500,
     num_samples: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.")] = 1,
-    random_seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples [default: fresh randomness].")] = None,
+    random_seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples (default: fresh randomness).")] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Generate text that continues --seed. The seed is printed first, then the generated tokens as they come."""
@@ -273,20 +281,29 @@ def perplexity(
         Console().print(perplexity_table(report, name))
 
 
+def _click_exception(name: str) -> type[Exception]:
+    """Click's exception classes, wherever this Typer version keeps its Click (it may vendor one)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
 def main() -> None:
     """Entry point: run the app and turn every failure into a one-line message and an exit code."""
+    usage_error, click_error = _click_exception("UsageError"), _click_exception("ClickException")
     command = typer.main.get_command(app)
     try:
         code = command.main(args=sys.argv[1:], prog_name="rnnlm", standalone_mode=False)
         sys.stdout.flush()
     except UserError as error:
         _fail(str(error), 1)
-    except click.UsageError as error:
-        hint = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
-        _fail(error.format_message().replace("\n", " ") + hint, 2)
-    except click.ClickException as error:
-        _fail(error.format_message(), 1)
-    except (click.Abort, KeyboardInterrupt):
+    except usage_error as error:
+        if not error.format_message():  # type: ignore[attr-defined]
+            sys.exit(2)  # no arguments at all: the help was shown
+        context = getattr(error, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if context else ""
+        _fail(error.format_message().replace("\n", " ") + hint, 2)  # type: ignore[attr-defined]
+    except click_error as error:
+        _fail(error.format_message(), 1)  # type: ignore[attr-defined]
+    except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except BrokenPipeError:
         _quiet_broken_pipe()

@@ -86,16 +86,19 @@ class PreparedCorpus:
 
 
 def iter_source_text(sources: Sequence[str], errors: str) -> Iterator[str]:
-    """The text of every source in order, each source ending with a newline."""
+    """The text of every source in order, in chunks that each end with a newline.
+
+    A source whose last line has no newline gets one, so every line ends with end-of-line.
+    """
     for source in sources:
-        last = ""
+        previous = ""
         with open_binary_input(source) as stream:
             for text in iter_text_chunks(stream, _display_name(source), errors):
-                if text:
-                    last = text
-                    yield text
-        if last and not last.endswith("\n"):
-            yield "\n"
+                if previous:
+                    yield previous
+                previous = text
+        if previous:
+            yield previous if previous.endswith("\n") else previous + "\n"
 
 
 def _display_name(source: str) -> str:
@@ -146,8 +149,8 @@ def split_line_ranges(total_lines: int, valid_fraction: float, test_fraction: fl
             raise UserError(f"--{name}-fraction must be at least 0 and below 1, got {fraction}")
     if valid_fraction + test_fraction >= 1:
         raise UserError("--valid-fraction and --test-fraction leave nothing to train on")
-    test_lines = math.ceil(total_lines * test_fraction) if test_fraction else 0
-    valid_lines = math.ceil(total_lines * valid_fraction) if valid_fraction else 0
+    test_lines = math.ceil(total_lines * test_fraction - 1e-9) if test_fraction else 0
+    valid_lines = math.ceil(total_lines * valid_fraction - 1e-9) if valid_fraction else 0
     train_lines = total_lines - valid_lines - test_lines
     if train_lines < 1:
         raise UserError(f"the corpus has {total_lines} line(s): too few to split off validation/test lines")
@@ -202,7 +205,10 @@ def _split_readers(sources: Sequence[str], options: PrepareOptions) -> dict[str,
     """For each split, a function returning a fresh iterator over its text."""
     errors = options.encoding_errors
     if options.valid is None and options.test is None:
-        ranges = split_line_ranges(count_lines(sources), options.valid_fraction, options.test_fraction)
+        total_lines = count_lines(sources)
+        if total_lines == 0:
+            raise UserError(f"{', '.join(map(_display_name, sources))}: is empty")
+        ranges = split_line_ranges(total_lines, options.valid_fraction, options.test_fraction)
         return {
             name: (lambda start=start, stop=stop: iter_lines_range(iter_source_text(sources, errors), start, stop))
             for name, (start, stop) in ranges.items()

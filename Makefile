@@ -1,0 +1,33 @@
+# Set-up and everyday tasks. `make demo` and `make test` each do the whole set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch for this machine; a GPU user overrides it, e.g. `make demo TORCH=torch`.
+TORCH ?= torch==2.13.0
+# Read catalogue corpora from the local mirror when one sits beside the checkout, else download them.
+MIRROR ?= $(if $(wildcard ../shared/corpora/SOURCES.md),../shared/corpora,)
+MIRROR_OPTION := $(if $(MIRROR),--mirror $(MIRROR),)
+DEMO_TIME ?= 2m
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+# --system-site-packages lets an already installed torch count, so nothing is downloaded twice.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -m pip install -q "setuptools>=64" wheel "$(TORCH)"
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/rnnlm prepare alice $(MIRROR_OPTION) -o data/alice
+	$(BIN)/rnnlm train data/alice --max-time $(DEMO_TIME) -o models/alice-demo
+	$(BIN)/rnnlm sample --seed "Alice was " --length 400 --temperature 0.7 --random-seed 1
+	printf 'Alice was beginning to get very tired of sitting by her sister\nsister her by sitting of tired very get to beginning was Alice\n' | $(BIN)/rnnlm score
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) data models .pytest_cache
