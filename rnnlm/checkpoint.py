@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rnnlm.errors import UserError
 from rnnlm.fileio import atomic_directory, write_bytes_atomic, write_text_atomic
 from rnnlm.model import ModelConfig, RNNLanguageModel

@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from rnnlm import __version__
+from rnnlm.config import SamplingConfig, TrainConfig
 from rnnlm.errors import UserError
 
 app = typer.Typer(
@@ -102,21 +103,21 @@ def train(
     hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size (default: chosen from the corpus size).")] = None,
     dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on embeddings, between layers and on outputs (default: chosen from the corpus size).")] = None,
     tie: Annotated[Optional[bool], typer.Option("--tie/--no-tie", help="Share the embedding and decoder weights (a projection bridges different sizes) (default: on for word-sized vocabularies).")] = None,
-    bptt: Annotated[int, typer.Option(min=1, help="Tokens per truncated back-propagation window.")] = 128,
-    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch.")] = 32,
-    optimizer: Annotated[Literal["adamw", "sgd"], typer.Option(help="Optimiser.")] = "adamw",
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 2e-3,
-    weight_decay: Annotated[float, typer.Option(min=0.0, help="Decoupled weight decay on matrices.")] = 0.01,
-    clip: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0: off).")] = 1.0,
-    schedule: Annotated[Literal["cosine", "constant"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth over the run, or constant.")] = "cosine",
-    warmup_steps: Annotated[int, typer.Option(min=0, help="Steps of linear learning-rate warm-up.")] = 100,
+    bptt: Annotated[int, typer.Option(min=1, help="Tokens per truncated back-propagation window.")] = TrainConfig.bptt,
+    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch.")] = TrainConfig.batch_size,
+    optimizer: Annotated[Literal["adamw", "sgd"], typer.Option(help="Optimiser.")] = TrainConfig.optimizer,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = TrainConfig.lr,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="Decoupled weight decay on matrices.")] = TrainConfig.weight_decay,
+    clip: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0: off).")] = TrainConfig.clip,
+    schedule: Annotated[Literal["cosine", "constant"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth over the run, or constant.")] = TrainConfig.schedule,
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Steps of linear learning-rate warm-up.")] = TrainConfig.warmup_steps,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Passes over the training split (default: as many as --max-time allows).")] = None,
     max_time: Annotated[Optional[str], typer.Option(help="Wall-clock budget such as 90s, 5m, 1h30m (default: 5m when --epochs is not given).")] = None,
-    patience: Annotated[int, typer.Option(min=0, help="Stop after this many evaluations without a better validation loss (0: never).")] = 6,
-    eval_interval: Annotated[Optional[str], typer.Option(help="Time between validations, e.g. 30s (default: a thirtieth of --max-time, at least 5s).")] = None,
-    precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = "auto",
+    patience: Annotated[int, typer.Option(min=0, help="Stop after this many evaluations without a better validation loss (0: never).")] = TrainConfig.patience or 0,
+    eval_interval: Annotated[Optional[str], typer.Option(help="Time between validations, e.g. 30s (default: a twentieth of --max-time, at least 5s; 30s with only --epochs).")] = None,
+    precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = TrainConfig.precision,
     device: DeviceOption = "auto",
-    random_seed: Annotated[int, typer.Option(help="Seed for weights, dropout and batching.")] = 0,
+    random_seed: Annotated[int, typer.Option(help="Seed for weights, dropout and batching.")] = TrainConfig.random_seed,
     tokenizer: TokenizerOption = "char",
     valid: ValidOption = None,
     test: TestOption = None,
@@ -155,12 +156,12 @@ def train(
 def sample(
     model: ModelOption = None,
     seed: Annotated[str, typer.Option(help="Prompt text the sample continues (any UTF-8; empty: start of a line).")] = "",
-    strategy: Annotated[Literal["greedy", "sample"], typer.Option(help="greedy: the most likely token each step; sample: draw from the distribution.")] = "sample",
-    temperature: Annotated[float, typer.Option(help="Divide logits by this before sampling; 0 is greedy.")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="Sample only among the k most likely tokens (0: all).")] = 0,
-    top_p: Annotated[float, typer.Option(help="Sample only from the smallest set of tokens whose probability reaches p (1: all).")] = 1.0,
-    length: Annotated[int, typer.Option(help="Tokens to generate after the seed.")] = 500,
-    num_samples: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.")] = 1,
+    strategy: Annotated[Literal["greedy", "sample"], typer.Option(help="greedy: the most likely token each step; sample: draw from the distribution.")] = SamplingConfig.strategy,
+    temperature: Annotated[float, typer.Option(help="Divide logits by this before sampling; 0 is greedy.")] = SamplingConfig.temperature,
+    top_k: Annotated[int, typer.Option(help="Sample only among the k most likely tokens (0: all).")] = SamplingConfig.top_k,
+    top_p: Annotated[float, typer.Option(help="Sample only from the smallest set of tokens whose probability reaches p (1: all).")] = SamplingConfig.top_p,
+    length: Annotated[int, typer.Option(help="Tokens to generate after the seed.")] = SamplingConfig.length,
+    num_samples: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.")] = SamplingConfig.num_samples,
     random_seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples (default: fresh randomness).")] = None,
     device: DeviceOption = "auto",
 ) -> None:

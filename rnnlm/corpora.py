@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, IO
+from typing import IO, BinaryIO
 
 from rnnlm.errors import UserError
 

@@ -7,40 +7,13 @@ token and carries the recurrent state, so a step costs the same however long the
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from rnnlm.errors import UserError
+from rnnlm.config import SamplingConfig
 from rnnlm.model import RNNLanguageModel, State, select_state
 from rnnlm.tokenizers import Tokenizer
-
-STRATEGIES = ("greedy", "sample")
-
-
-@dataclass
-class SamplingConfig:
-    strategy: str = "sample"
-    temperature: float = 1.0
-    top_k: int = 0  # 0: no limit
-    top_p: float = 1.0
-    length: int = 500
-    num_samples: int = 1
-    random_seed: int | None = None
-
-    def validate(self) -> None:
-        checks = [
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.temperature >= 0, f"--temperature must be 0 or more, got {self.temperature}"),
-            (self.top_k >= 0, f"--top-k must be 0 (off) or more, got {self.top_k}"),
-            (0 < self.top_p <= 1, f"--top-p must be above 0 and at most 1, got {self.top_p}"),
-            (self.length >= 0, f"--length must be 0 or more, got {self.length}"),
-            (self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
 
 
 def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,

@@ -19,50 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from rnnlm import checkpoint
+from rnnlm.config import TrainConfig
 from rnnlm.data import PreparedCorpus, stream_batches
 from rnnlm.errors import UserError
 from rnnlm.model import ModelConfig, RNNLanguageModel, count_parameters, detach_state
 from rnnlm.scoring import stream_nll
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
-
-
-@dataclass
-class TrainConfig:
-    bptt: int = 128
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    schedule: str = "cosine"
-    warmup_steps: int = 100
-    epochs: int | None = None
-    max_time: float | None = None  # seconds
-    patience: int | None = 6  # evaluations without improvement before stopping early
-    eval_interval: float | None = None  # seconds between evaluations; None plans about 30 per run
-    eval_batch_size: int = 16
-    precision: str = "auto"
-    device: str = "auto"
-    random_seed: int = 0
-
-    def validate(self) -> None:
-        checks = [
-            (self.bptt >= 1, "--bptt must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.clip >= 0, "--clip must be 0 (off) or positive"),
-            (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
-            (self.max_time is None or self.max_time > 0, "--max-time must be positive"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
 
 
 @dataclass
@@ -108,7 +69,7 @@ def resolve_device(name: str) -> torch.device:
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX)."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -168,7 +129,7 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = math.ceil(((len(train_tokens) - 1) // config.batch_size) / config.bptt)
     planned_steps = steps_per_epoch * config.epochs if config.epochs else None
-    eval_interval = config.eval_interval or (max(5.0, config.max_time / 30) if config.max_time else 30.0)
+    eval_interval = config.eval_interval or (max(5.0, config.max_time / 20) if config.max_time else 30.0)
 
     settings = {
         "format": checkpoint.MODEL_FORMAT,
@@ -311,7 +272,7 @@ def default_model_config(corpus: PreparedCorpus, *, cell: str = "lstm", layers: 
     """
     train_tokens = len(corpus.splits["train"])
     vocab_size = corpus.tokenizer.vocab_size
-    size, default_dropout = (256, 0.3) if train_tokens < 500_000 else (384, 0.2) if train_tokens < 5_000_000 else (512, 0.1)
+    size, default_dropout = (256, 0.3) if train_tokens < 500_000 else (256, 0.1) if train_tokens < 5_000_000 else (512, 0.1)
     hidden = hidden_size or size
     tied = tie if tie is not None else vocab_size > 1000
     embedding = embedding_size or (hidden if tied or vocab_size > 1000 else min(hidden, 128))

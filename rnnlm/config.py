@@ -1,0 +1,78 @@
+"""Settings of training and sampling, with their defaults and checks.
+
+Kept free of torch so that the command line can show these defaults without importing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rnnlm.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    bptt: int = 64
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-2
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    epochs: int | None = None
+    max_time: float | None = None  # seconds
+    patience: int | None = 6  # evaluations without improvement before stopping early
+    eval_interval: float | None = None  # seconds between evaluations; None plans about 20 per run
+    eval_batch_size: int = 32
+    precision: str = "auto"
+    device: str = "auto"
+    random_seed: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.bptt >= 1, "--bptt must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.clip >= 0, "--clip must be 0 (off) or positive"),
+            (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
+            (self.max_time is None or self.max_time > 0, "--max-time must be positive"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+
+STRATEGIES = ("greedy", "sample")
+
+
+@dataclass
+class SamplingConfig:
+    strategy: str = "sample"
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    length: int = 500
+    num_samples: int = 1
+    random_seed: int | None = None
+
+    def validate(self) -> None:
+        checks = [
+            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
+            (self.temperature >= 0, f"--temperature must be 0 or more, got {self.temperature}"),
+            (self.top_k >= 0, f"--top-k must be 0 (off) or more, got {self.top_k}"),
+            (0 < self.top_p <= 1, f"--top-p must be above 0 and at most 1, got {self.top_p}"),
+            (self.length >= 0, f"--length must be 0 or more, got {self.length}"),
+            (self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
