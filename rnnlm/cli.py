@@ -7,16 +7,18 @@ stays fast. Errors become one line on stderr: exit 1 for bad input, 2 for bad us
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
 from rnnlm import __version__
-from rnnlm.config import SamplingConfig, TrainConfig
+from rnnlm.config import DynamicEvaluation, SamplingConfig, TrainConfig
 from rnnlm.errors import UserError
 
 app = typer.Typer(
@@ -46,6 +48,25 @@ TestFractionOption = Annotated[float, typer.Option(
 MirrorOption = Annotated[Optional[str], typer.Option(
     "--mirror", envvar="RNNLM_CORPUS_MIRROR", show_envvar=True,
     help="Folder holding local copies of the catalogue corpora (e.g. MIRROR/ptb/ptb.train.txt), used instead of downloading.")]
+
+
+def ends_quietly_on_closed_pipe(command: Callable[..., None]) -> Callable[..., None]:
+    """A reader that goes away (as in `rnnlm score | head`) ends the command quietly with success.
+
+    Caught here, inside the command, because Click turns a broken pipe into exit code 1.
+    """
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # nothing more reaches the closed pipe at exit
+            sys.exit(0)
+
+    return run
 
 
 def version_callback(value: bool) -> None:
@@ -153,6 +174,7 @@ def train(
 
 
 @app.command()
+@ends_quietly_on_closed_pipe
 def sample(
     model: ModelOption = None,
     seed: Annotated[str, typer.Option(help="Prompt text the sample continues (any UTF-8; empty: start of a line).")] = "",
@@ -197,80 +219,89 @@ def sample(
         out.write(text + ("" if text.endswith("\n") else "\n") + ("\n" if index < num_samples - 1 else ""))
 
 
-LOG_BASES = {"e": 1.0, "2": 0.6931471805599453, "10": 2.302585092994046}
-
-
 @app.command()
+@ends_quietly_on_closed_pipe
 def score(
     file: Annotated[str, typer.Argument(help="Text to score, one item per line; - for standard input.")] = "-",
     model: ModelOption = None,
-    output_format: Annotated[Literal["tsv", "value", "jsonl"], typer.Option("--format", help="tsv: LOGPROB<TAB>LINE; value: the number alone; jsonl: one object per line.")] = "tsv",
-    log_base: Annotated[Literal["e", "2", "10"], typer.Option(help="Base of the logarithms printed.")] = "e",
-    chunk_lines: Annotated[int, typer.Option(min=1, help="Lines read, scored as batches and written per chunk.")] = 2048,
+    output_format: Annotated[Literal["tsv", "value", "jsonl", "kenlm"], typer.Option("--format", help="tsv: LOGPROB<TAB>LINE; value: the number alone (for paste); jsonl: one object per line (text, logprob, tokens, words, chars, oov); kenlm: 'Total: LOG10PROB OOV: N' lines and KenLM query's closing perplexity summary.")] = "tsv",
+    log_base: Annotated[Literal["e", "2", "10"], typer.Option(help="Base of the logarithms printed (the kenlm format is always base 10).")] = "e",
+    per_token: Annotated[bool, typer.Option("--per-token", help="Add each token's log-probability: jsonl keys token_logprobs and pieces; tab-indented PIECE<TAB>LOGPROB rows under each tsv/value line; KenLM's PIECE=ID 0 LOG10PROB fields.")] = False,
+    utt_id: Annotated[bool, typer.Option("--utt-id", help="The first whitespace-separated field of each line is an identifier: printed first (jsonl: key id), never scored.")] = False,
+    summary: Annotated[bool, typer.Option("--summary", help="Print corpus totals on stderr: total log-probability, tokens, OOV, perplexity per token and word, bits per character, speed.")] = False,
+    unbuffered: Annotated[bool, typer.Option("--unbuffered", help="Read, score and flush one line at a time, for interactive pipes (slower than batches).")] = False,
+    chunk_lines: Annotated[int, typer.Option(min=1, help="Lines read, scored as length-sorted batches and written (then flushed) per chunk; bounds memory on endless input.")] = 2048,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
 ) -> None:
     """Score each line on its own: log P(tokens of the line, end-of-line | end-of-line), from a fresh state.
 
-    One output line per input line, in input order, empty lines included. An empty input prints nothing.
+    One output line per input line, in input order, empty lines included; a line of unknown tokens
+    gets a score too. Invalid UTF-8 (without --encoding-errors replace) stops with an error after
+    the lines before it are written. An empty input prints nothing.
     """
+    import time
+
     from rnnlm.checkpoint import load_model
-    from rnnlm.fileio import iter_text_chunks, open_binary_input
-    from rnnlm.scoring import score_lines
+    from rnnlm.fileio import iter_line_batches, iter_text_chunks, open_binary_input
+    from rnnlm.formats import ScoreWriter, split_utterance_ids, summary_line
+    from rnnlm.scoring import Perplexity, score_lines
     from rnnlm.train import resolve_device
 
+    if utt_id and output_format == "kenlm":
+        raise typer.BadParameter("KenLM's format has no place for identifiers", param_hint="'--utt-id'")
     loaded = load_model(model, str(resolve_device(device)))
-    divisor = LOG_BASES[log_base]
-    out = sys.stdout
+    writer = ScoreWriter(sys.stdout, loaded.tokenizer, output_format, log_base, per_token)
+    totals = Perplexity("independent-lines")
+    started = time.perf_counter()
+    name = "<stdin>" if file == "-" else file
     with open_binary_input(file) as stream:
-        for lines in _line_chunks(iter_text_chunks(stream, "<stdin>" if file == "-" else file, encoding_errors, 1 << 20), chunk_lines):
-            for line, result in zip(lines, score_lines(loaded.model, loaded.tokenizer, lines)):
-                logprob = result.logprob / divisor
-                if output_format == "tsv":
-                    out.write(f"{logprob:.6f}\t{line}\n")
-                elif output_format == "value":
-                    out.write(f"{logprob:.6f}\n")
-                else:
-                    out.write(json.dumps({"text": line, "logprob": logprob, "tokens": result.tokens, "words": result.words,
-                                          "chars": result.chars, "oov": result.oov}, ensure_ascii=False) + "\n")
-            out.flush()
-
-
-def _line_chunks(chunks, size: int):  # type: ignore[no-untyped-def]
-    """Lists of at most `size` lines (without their newlines) from text chunks."""
-    pending: list[str] = []
-    for text in chunks:
-        lines = text.split("\n")
-        if lines[-1] == "":
-            lines.pop()
-        pending.extend(lines)
-        while len(pending) >= size:
-            yield pending[:size]
-            pending = pending[size:]
-    if pending:
-        yield pending
+        chunks = iter_text_chunks(stream, name, encoding_errors, 1 << 20, by_line=unbuffered)
+        for lines in iter_line_batches(chunks, 1 if unbuffered else chunk_lines):
+            ids, texts = split_utterance_ids(lines) if utt_id else ([None] * len(lines), lines)
+            for text, identifier, result in zip(texts, ids, score_lines(loaded.model, loaded.tokenizer, texts, per_token)):
+                writer.write(text, result, identifier)
+                totals.add_line(result)
+            sys.stdout.flush()
+    writer.write_summary(totals)
+    if summary and totals.tokens:
+        typer.echo(summary_line(totals, log_base, time.perf_counter() - started), err=True)
 
 
 @app.command()
+@ends_quietly_on_closed_pipe
 def perplexity(
     file: Annotated[str, typer.Argument(help="Text file to measure; - for standard input.", show_default=False)],
     model: ModelOption = None,
     independent_lines: Annotated[bool, typer.Option("--independent-lines", help="Score each line from a fresh state (equals the sum of 'rnnlm score'); default: one running stream.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: tokens, words, chars, lines, oov, nll (nats), ppl (per token), word_ppl, bpc, ppl_excluding_oov, mode.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: mode, tokens, words, chars, lines, oov, nll (total, nats), ppl (per token), word_ppl, bpc, ppl_excluding_oov, tokens_excluding_oov, nats_per_token.")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic evaluation (Krause et al. 2018): after scoring each segment of the stream, take one SGD step on it, so the model adapts to the text as it reads. Off by default.")] = False,
+    dynamic_lr: Annotated[float, typer.Option(help="With --dynamic: the SGD learning rate of each adaptation step.")] = DynamicEvaluation.lr,
+    dynamic_decay: Annotated[float, typer.Option(help="With --dynamic: fraction of the way back to the trained weights after each step (0: none).")] = DynamicEvaluation.decay,
+    dynamic_segment: Annotated[int, typer.Option(help="With --dynamic: tokens scored between two adaptation steps.")] = DynamicEvaluation.segment,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
 ) -> None:
-    """Perplexity of a file per token and per word, and bits per character, with the counts behind each."""
+    """Perplexity of a file per token and per word, and bits per character, with the counts behind each.
+
+    Tokens include one end-of-line token per line; words are whitespace words plus one per line
+    end; characters are Unicode code points, newlines included. Out-of-vocabulary tokens count
+    in the main figures; a per-token perplexity without them is shown beside.
+    """
     from rnnlm.checkpoint import load_model
     from rnnlm.display import perplexity_table
     from rnnlm.fileio import iter_text_chunks, open_binary_input
     from rnnlm.scoring import perplexity as measure
     from rnnlm.train import resolve_device
 
+    adaptation = DynamicEvaluation(dynamic_lr, dynamic_decay, dynamic_segment) if dynamic else None
+    if adaptation is not None:
+        adaptation.validate()
     loaded = load_model(model, str(resolve_device(device)))
     name = "<stdin>" if file == "-" else file
     with open_binary_input(file) as stream:
-        result = measure(loaded.model, loaded.tokenizer, iter_text_chunks(stream, name, encoding_errors), independent_lines)
+        result = measure(loaded.model, loaded.tokenizer, iter_text_chunks(stream, name, encoding_errors), independent_lines,
+                         adaptation)
     if result.tokens == 0:
         raise UserError(f"{name}: is empty; nothing to measure")
     report = result.to_dict()
@@ -306,8 +337,6 @@ def main() -> None:
         _fail(error.format_message(), 1)  # type: ignore[attr-defined]
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
-    except BrokenPipeError:
-        _quiet_broken_pipe()
     except OSError as error:
         if os.environ.get("RNNLM_DEBUG"):
             raise
@@ -319,10 +348,3 @@ def main() -> None:
 def _fail(message: str, code: int) -> None:
     print(f"rnnlm: error: {message}", file=sys.stderr)
     sys.exit(code)
-
-
-def _quiet_broken_pipe() -> None:
-    """The reader went away (as in `rnnlm score | head`): stop quietly with success."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(0)

@@ -76,3 +76,18 @@ class SamplingConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+
+
+@dataclass
+class DynamicEvaluation:
+    """Dynamic evaluation (Krause et al., 2018): after scoring each segment, take one gradient
+    step on it, so the model adapts to the text it is reading; `decay` pulls the weights back
+    towards the trained ones so that the adaptation stays local."""
+
+    lr: float = 0.3
+    decay: float = 0.0
+    segment: int = 50
+
+    def validate(self) -> None:
+        if not (self.lr > 0 and 0 <= self.decay < 1 and self.segment >= 1):
+            raise UserError("--dynamic-lr must be positive, --dynamic-decay in [0, 1), --dynamic-segment at least 1")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -44,31 +44,37 @@ def open_binary_input(source: str) -> Iterator[BinaryIO]:
 
 
 def iter_text_chunks(
-    stream: BinaryIO, name: str, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES
+    stream: BinaryIO, name: str, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, by_line: bool = False
 ) -> Iterator[str]:
-    """Decoded text in pieces of about `chunk_bytes`, each ending after a newline (but the last).
+    """Decoded text in pieces of about `chunk_bytes` (or single lines), each ending after a newline
+    (but the last).
 
-    With errors="strict", invalid UTF-8 raises a UserError naming the byte offset and line.
+    With errors="strict", invalid UTF-8 raises a UserError naming the byte offset and line,
+    after yielding the complete lines before it.
     """
     offset = 0
     line_number = 1
-    pending = b""
+    pending: list[bytes] = []  # the start of a line still being read (kept as blocks: no quadratic copying)
     while True:
-        block = stream.read(chunk_bytes)
-        data = pending + block
-        if not data:
-            return
+        block = stream.readline() if by_line else stream.read(chunk_bytes)
         if block:
-            cut = data.rfind(b"\n") + 1
+            cut = block.rfind(b"\n") + 1
             if cut == 0:  # a very long line: keep reading until it ends
-                pending = data
+                pending.append(block)
                 continue
-            data, pending = data[:cut], data[cut:]
+            data = b"".join([*pending, block[:cut]])
+            pending = [block[cut:]] if cut < len(block) else []
         else:
-            pending = b""
+            data = b"".join(pending)
+            pending = []
+            if not data:
+                return
         try:
             text = data.decode("utf-8", errors=errors)
         except UnicodeDecodeError as error:
+            good = data.rfind(b"\n", 0, error.start) + 1
+            if good:
+                yield data[:good].decode("utf-8")
             bad_line = line_number + data.count(b"\n", 0, error.start)
             raise UserError(
                 f"{name}: invalid UTF-8 at byte {offset + error.start} (line {bad_line}); "
@@ -79,6 +85,34 @@ def iter_text_chunks(
         yield text
         if not block:
             return
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of a text chunk, without their newlines (a final newline ends the last line)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def iter_line_batches(chunks: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Lists of at most `size` lines from text chunks that end on line boundaries.
+
+    If reading fails (invalid UTF-8, say), the lines read before the failure come out first.
+    """
+    pending: list[str] = []
+    try:
+        for text in chunks:
+            pending.extend(split_lines(text))
+            while len(pending) >= size:
+                yield pending[:size]
+                del pending[:size]
+    except UserError:
+        if pending:
+            yield pending
+        raise
+    if pending:
+        yield pending
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -16,7 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnlm.model import RNNLanguageModel, State
+from rnnlm.config import DynamicEvaluation
+from rnnlm.errors import UserError
+from rnnlm.fileio import split_lines
+from rnnlm.model import RNNLanguageModel, State, detach_state
 from rnnlm.tokenizers import Tokenizer
 
 LOGIT_BUDGET = 1 << 22  # floats of logits held at once while scoring
@@ -156,14 +159,34 @@ def _score_batch(model: RNNLanguageModel, sequences: list[np.ndarray], start_tok
 
 @dataclass
 class Perplexity:
+    """Running totals of a scored text, and the perplexities they give (DESIGN.md definitions)."""
+
     mode: str
-    nll: float
-    tokens: int
-    words: int
-    chars: int
-    lines: int
-    oov: int
-    oov_nll: float
+    nll: float = 0.0
+    tokens: int = 0
+    words: int = 0
+    chars: int = 0
+    lines: int = 0
+    oov: int = 0
+    oov_nll: float = 0.0
+
+    def add_line(self, score: LineScore) -> None:
+        self.nll -= score.logprob
+        self.oov_nll -= score.oov_logprob
+        self.tokens += score.tokens
+        self.oov += score.oov
+        self.words += score.words
+        self.chars += score.chars
+        self.lines += 1
+
+    def add_text(self, lines: Sequence[str], totals: NLLTotals) -> None:
+        self.nll += totals.nll
+        self.oov_nll += totals.oov_nll
+        self.tokens += totals.tokens
+        self.oov += totals.oov
+        self.words += sum(len(line.split()) + 1 for line in lines)
+        self.chars += sum(len(line) + 1 for line in lines)
+        self.lines += len(lines)
 
     def to_dict(self) -> dict[str, float | int | str]:
         in_vocab = self.tokens - self.oov
@@ -178,7 +201,8 @@ class Perplexity:
             "ppl": _exp(self.nll / self.tokens),
             "word_ppl": _exp(self.nll / self.words),
             "bpc": self.nll / self.chars / math.log(2),
-            "ppl_excluding_oov": _exp((self.nll - self.oov_nll) / in_vocab) if in_vocab else float("nan"),
+            "ppl_excluding_oov": _exp((self.nll - self.oov_nll) / in_vocab) if in_vocab else math.nan,
+            "tokens_excluding_oov": in_vocab,
             "nats_per_token": self.nll / self.tokens,
         }
 
@@ -187,33 +211,67 @@ def _exp(x: float) -> float:
     return math.exp(x) if x < 700 else math.inf
 
 
+class _DynamicScorer:
+    """Scores a running stream segment by segment, adapting the model after each segment."""
+
+    def __init__(self, model: RNNLanguageModel, settings: DynamicEvaluation) -> None:
+        self.model = model
+        self.settings = settings
+        self.trained = [p.detach().clone() for p in model.parameters()]
+
+    def score(self, ids: np.ndarray, previous: int, state: State | None, unk_id: int) -> tuple[NLLTotals, State | None]:
+        stream = torch.from_numpy(np.concatenate([[previous], ids]).astype(np.int64)).to(self.model.embedding.weight.device)
+        totals = NLLTotals()
+        for start in range(0, len(ids), self.settings.segment):
+            segment = stream[start : start + self.settings.segment + 1][None]
+            with torch.enable_grad():
+                logits, state = self.model(segment[:, :-1], state)
+                logprobs = _token_logprobs(logits, segment[:, 1:])
+                self.model.zero_grad(set_to_none=True)
+                (-logprobs.mean()).backward()
+            self._step()
+            logprobs = logprobs.detach()
+            unknown = segment[:, 1:] == unk_id
+            totals.add(NLLTotals(-logprobs.sum().item(), logprobs.numel(), int(unknown.sum()), -logprobs[unknown].sum().item()))
+            state = detach_state(state)
+        return totals, state
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        for parameter, trained in zip(self.model.parameters(), self.trained):
+            if parameter.grad is not None:
+                parameter.sub_(self.settings.lr * parameter.grad)
+            if self.settings.decay:
+                parameter.add_(self.settings.decay * (trained - parameter))
+
+
 def perplexity(model: RNNLanguageModel, tokenizer: Tokenizer, chunks: Iterable[str],
-               independent_lines: bool = False) -> Perplexity:
+               independent_lines: bool = False, dynamic: DynamicEvaluation | None = None) -> Perplexity:
     """Perplexity of text given as chunks that end on line boundaries (the last may not).
 
     Stream mode carries the state across lines and chunks, as the published PTB numbers do;
-    independent-lines mode scores each line from a fresh state, as `score` does.
+    independent-lines mode scores each line from a fresh state, as `score` does. With
+    `dynamic`, the model (a copy is not made: the caller's model adapts) learns as it reads.
     """
-    totals = NLLTotals()
-    words = chars = lines = 0
+    if dynamic is not None and independent_lines:
+        raise UserError("dynamic evaluation reads the text as one stream; it does not combine with --independent-lines")
+    result = Perplexity("independent-lines" if independent_lines else "dynamic-stream" if dynamic else "stream")
+    scorer = _DynamicScorer(model, dynamic) if dynamic is not None else None
     state: State | None = None
     previous = tokenizer.eol_id
     for text in chunks:
-        if not text:
+        lines = split_lines(text)
+        if not lines:
             continue
-        line_texts = text.split("\n")
-        if line_texts[-1] == "":
-            line_texts.pop()
-        words += sum(len(line.split()) + 1 for line in line_texts)
-        chars += sum(len(line) + 1 for line in line_texts)
-        lines += len(line_texts)
         if independent_lines:
-            for score in score_lines(model, tokenizer, line_texts):
-                totals.add(NLLTotals(-score.logprob, score.tokens, score.oov, -score.oov_logprob))
+            for score in score_lines(model, tokenizer, lines):
+                result.add_line(score)
             continue
-        ids = np.concatenate([encode_line(tokenizer, line) for line in line_texts])
-        chunk_totals, state = stream_totals(model, ids, 1, 512, previous, state, tokenizer.unk_id)
-        totals.add(chunk_totals)
+        ids = np.concatenate([encode_line(tokenizer, line) for line in lines])
+        if scorer is not None:
+            totals, state = scorer.score(ids, previous, state, tokenizer.unk_id)
+        else:
+            totals, state = stream_totals(model, ids, 1, 512, previous, state, tokenizer.unk_id)
+        result.add_text(lines, totals)
         previous = int(ids[-1])
-    return Perplexity("independent-lines" if independent_lines else "stream", totals.nll, totals.tokens,
-                      words, chars, lines, totals.oov, totals.oov_nll)
+    return result

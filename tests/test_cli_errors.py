@@ -30,6 +30,7 @@ class Case:
     expect: tuple[str, ...] = ()  # substrings the one-line message must contain (case-insensitive)
     code: int | None = None  # the exact exit code, where the contract fixes it
     env: str = "default"
+    stdout_lines: int = 0  # lines printed before the error (score writes the lines before bad input)
 
 
 def cases() -> dict[str, Case]:
@@ -50,7 +51,7 @@ def cases() -> dict[str, Case]:
         "score-directory": Case(("score", "{directory}", "-m", model), ("directory",), 1),
         # invalid UTF-8: the message names the byte offset and the line
         "prepare-utf8": Case(("prepare", "{bad}", "-o", "{out}"), ("bad.txt", *utf8), 1),
-        "score-utf8": Case(("score", "{bad}", "-m", model), utf8, 1),
+        "score-utf8": Case(("score", "{bad}", "-m", model), utf8, 1, stdout_lines=BAD_LINE - 1),
         "perplexity-utf8": Case(("perplexity", "{bad}", "-m", model), utf8, 1),
         # model directories that are missing or damaged
         "score-no-model-dir": Case(("score", f, "-m", "{nowhere}"), ("no such model directory",), 1),
@@ -143,7 +144,7 @@ def test_user_error_is_one_line_without_traceback(name: str, cli_runs: dict[str,
     assert message.startswith("rnnlm: error: "), result
     for expected in case.expect:  # "a|b": either will do
         assert any(option.lower() in message.lower() for option in expected.split("|")), result
-    assert result.stdout == "", result
+    assert len(result.stdout.splitlines()) == case.stdout_lines, result
 
 
 def test_failed_prepare_and_train_leave_no_output_behind(cli_runs: dict[str, CliResult]) -> None:
