@@ -139,7 +139,7 @@ def generate(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str, conf
 @contextmanager
 def _onednn_off() -> Iterator[None]:
     """Run one-token steps without oneDNN: its LSTM has a large cost per call, which made a step
-    at batch 1 about five times slower than torch's own kernels (torch 2.13 on the CPU)."""
+    at batch 1 about six times slower than torch's own kernels (torch 2.13 on the CPU)."""
     enabled = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
