@@ -178,45 +178,69 @@ def train(
 def sample(
     model: ModelOption = None,
     seed: Annotated[str, typer.Option(help="Prompt text the sample continues (any UTF-8; empty: start of a line).")] = "",
-    strategy: Annotated[Literal["greedy", "sample"], typer.Option(help="greedy: the most likely token each step; sample: draw from the distribution.")] = SamplingConfig.strategy,
-    temperature: Annotated[float, typer.Option(help="Divide logits by this before sampling; 0 is greedy.")] = SamplingConfig.temperature,
-    top_k: Annotated[int, typer.Option(help="Sample only among the k most likely tokens (0: all).")] = SamplingConfig.top_k,
-    top_p: Annotated[float, typer.Option(help="Sample only from the smallest set of tokens whose probability reaches p (1: all).")] = SamplingConfig.top_p,
-    length: Annotated[int, typer.Option(help="Tokens to generate after the seed.")] = SamplingConfig.length,
-    num_samples: Annotated[int, typer.Option(help="Independent samples, generated together as one batch.")] = SamplingConfig.num_samples,
-    random_seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples (default: fresh randomness).")] = None,
+    strategy: Annotated[Literal["greedy", "sample", "beam"], typer.Option(help="greedy: the most likely token each step; sample: draw from the distribution; beam: beam search for the most likely continuations.")] = SamplingConfig.strategy,
+    temperature: Annotated[float, typer.Option(help="sample: divide the logits by this before drawing; 0 is greedy.")] = SamplingConfig.temperature,
+    top_k: Annotated[int, typer.Option(help="sample: draw only among the k most likely tokens (0: all).")] = SamplingConfig.top_k,
+    top_p: Annotated[float, typer.Option(help="sample: draw only from the smallest set of most likely tokens whose probability reaches p (1: all).")] = SamplingConfig.top_p,
+    beam_size: Annotated[int, typer.Option(help="beam: hypotheses kept at each step.")] = SamplingConfig.beam_size,
+    length_penalty: Annotated[float, typer.Option(help="beam: rank hypotheses by logprob / tokens^ALPHA (0: total log-probability, 1: per token); matters when --stop or --until-eol end them at different lengths.")] = SamplingConfig.length_penalty,
+    length: Annotated[int, typer.Option(help="Tokens to generate after the seed (at most, with --stop or --until-eol).")] = SamplingConfig.length,
+    num_samples: Annotated[int, typer.Option(help="Samples, generated together as one batch; with beam, the N best hypotheses (N at most --beam-size).")] = SamplingConfig.num_samples,
+    stop: Annotated[Optional[list[str]], typer.Option(help="End a sample once its generated text contains this string, which is kept in the output (repeatable).")] = None,
+    until_eol: Annotated[bool, typer.Option("--until-eol", help="End a sample at its first end of line, which is kept in the output.")] = False,
+    output_format: Annotated[Literal["text", "jsonl"], typer.Option("--format", help="text: the seed and its continuation; jsonl: one object per sample with seed, text (the continuation), logprob, score, tokens, stopped and the settings.")] = "text",
+    random_seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples (default: fresh randomness, recorded in --format jsonl).")] = None,
     device: DeviceOption = "auto",
 ) -> None:
-    """Generate text that continues --seed. The seed is printed first, then the generated tokens as they come."""
+    """Generate text that continues --seed: greedy, sampled (temperature, then top-k, then top-p) or by beam search.
+
+    Text output is the seed, then the continuation; a single greedy or sampled continuation
+    appears as it is generated, several are separated by an empty line, and a stop string that
+    ends a sample is part of it. The logprob of --format jsonl is log P(generated tokens |
+    end-of-line, seed) under the model: natural log (nats), summed over the generated tokens,
+    whatever the temperature or cut-offs.
+    """
+    from dataclasses import asdict
+
     from rnnlm.checkpoint import load_model
-    from rnnlm.generate import SamplingConfig, generate, unseen_characters
+    from rnnlm.config import fresh_random_seed
+    from rnnlm.generate import generate, unseen_characters
     from rnnlm.train import resolve_device
 
-    config = SamplingConfig(strategy, temperature, top_k, top_p, length, num_samples, random_seed)
+    config = SamplingConfig(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, length=length,
+                            num_samples=num_samples, beam_size=beam_size, length_penalty=length_penalty,
+                            stop=tuple(stop or ()), until_eol=until_eol,
+                            random_seed=fresh_random_seed() if random_seed is None else random_seed)
     config.validate()
+    try:
+        seed.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError("--seed is not valid UTF-8") from None
     loaded = load_model(model, str(resolve_device(device)))
     unseen = unseen_characters(loaded.tokenizer, seed)
     if unseen:
         typer.echo(f"rnnlm: warning: the model has not seen {''.join(unseen)!r} in training; "
                    "the seed uses the unknown token for them", err=True)
-    steps = generate(loaded.model, loaded.tokenizer, seed, config)
     out = sys.stdout
-    if num_samples == 1:
-        out.write(seed)
-        ids: list[int] = []
-        printed = ""
-        for tokens in steps:
-            ids.append(int(tokens[0]))
-            text = loaded.tokenizer.decode(ids)
-            out.write(text[len(printed):])
-            printed = text
-            out.flush()
-        out.write("" if (seed + printed).endswith("\n") else "\n")
+    if output_format == "jsonl":
+        for result in generate(loaded.model, loaded.tokenizer, seed, config):
+            record = {"seed": seed, "text": result.text, "logprob": result.logprob, "score": result.score,
+                      "tokens": len(result.tokens), "stopped": result.stopped, **asdict(config)}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
         return
-    columns = [t.tolist() for t in steps]
-    for index in range(num_samples):
-        text = seed + loaded.tokenizer.decode([step[index] for step in columns])
-        out.write(text + ("" if text.endswith("\n") else "\n") + ("\n" if index < num_samples - 1 else ""))
+
+    def write_now(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    streams = num_samples == 1 and strategy != "beam"
+    if streams:
+        write_now(seed)
+    for index, result in enumerate(generate(loaded.model, loaded.tokenizer, seed, config,
+                                            on_text=write_now if streams else None)):
+        text = seed + result.text
+        separator = "\n" if index else ""  # an empty line between samples
+        out.write(separator + ("" if streams else text) + ("" if text.endswith("\n") else "\n"))
 
 
 @app.command()

@@ -5,7 +5,9 @@ Kept free of torch so that the command line can show these defaults without impo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import secrets
+from dataclasses import dataclass, field
 
 from rnnlm.errors import UserError
 
@@ -51,7 +53,12 @@ class TrainConfig:
 
 
 
-STRATEGIES = ("greedy", "sample")
+STRATEGIES = ("greedy", "sample", "beam")
+
+
+def fresh_random_seed() -> int:
+    """A random seed from the operating system; it is recorded, so any sample can be reproduced."""
+    return secrets.randbits(63)
 
 
 @dataclass
@@ -62,16 +69,31 @@ class SamplingConfig:
     top_p: float = 1.0
     length: int = 500
     num_samples: int = 1
-    random_seed: int | None = None
+    random_seed: int = field(default_factory=fresh_random_seed)
+    beam_size: int = 5
+    length_penalty: float = 1.0  # beam search ranks by logprob / tokens ** length_penalty
+    stop: tuple[str, ...] = ()
+    until_eol: bool = False
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """The texts that end a sample: --stop, and a newline with --until-eol."""
+        return (*self.stop, "\n") if self.until_eol else self.stop
 
     def validate(self) -> None:
         checks = [
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.temperature >= 0, f"--temperature must be 0 or more, got {self.temperature}"),
+            (self.temperature >= 0 and math.isfinite(self.temperature),
+             f"--temperature must be 0 or more and finite, got {self.temperature}"),
             (self.top_k >= 0, f"--top-k must be 0 (off) or more, got {self.top_k}"),
             (0 < self.top_p <= 1, f"--top-p must be above 0 and at most 1, got {self.top_p}"),
             (self.length >= 0, f"--length must be 0 or more, got {self.length}"),
             (self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}"),
+            (self.beam_size >= 1, f"--beam-size must be at least 1, got {self.beam_size}"),
+            (self.strategy != "beam" or self.num_samples <= self.beam_size,
+             f"--num-samples ({self.num_samples}) must be at most --beam-size ({self.beam_size}) for beam search"),
+            (math.isfinite(self.length_penalty), f"--length-penalty must be a finite number, got {self.length_penalty}"),
+            (all(self.stop), "--stop must not be empty"),
         ]
         for ok, message in checks:
             if not ok:

@@ -69,6 +69,11 @@ def cases() -> dict[str, Case]:
             ("train", f, "-o", "{out}", "--eval-interval", "banana"), ("--eval-interval", "banana"), 1),
         "sample-top-p": Case(("sample", "-m", model, "--top-p", "1.5"), ("--top-p", "1.5"), 1),
         "sample-temperature": Case(("sample", "-m", model, "--temperature", "-1"), ("--temperature",), 1),
+        "sample-beam-size": Case(("sample", "-m", model, "--beam-size", "0"), ("--beam-size", "0"), 1),
+        "sample-more-samples-than-beams": Case(
+            ("sample", "-m", model, "--strategy", "beam", "--beam-size", "3", "--num-samples", "4"),
+            ("--num-samples", "--beam-size"), 1),
+        "sample-empty-stop": Case(("sample", "-m", model, "--stop", ""), ("--stop",), 1),
         # bad usage: exit code 2 (these fail while parsing, before any heavy import)
         "usage-unknown-command": Case(("frobnicate",), ("frobnicate",), 2),
         "usage-missing-argument": Case(("train",), (), 2),

@@ -13,12 +13,9 @@ import random
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 from conftest import EVAL_LINES, run_cli
 from rnnlm.fileio import iter_text_chunks
-from rnnlm.generate import SamplingConfig, generate, next_token_distribution
 from rnnlm.model import ModelConfig, RNNLanguageModel
 from rnnlm.scoring import perplexity, score_lines
 
@@ -280,111 +277,3 @@ def test_stream_perplexity_carries_state_across_lines_and_chunks(trained, eval_f
     independent = perplexity(trained.model, trained.tokenizer, [text], independent_lines=True)
     assert abs(independent.nll - whole.nll) > 1e-4 * whole.nll
 
-
-# ---------------------------------------------------------------------------------------
-# (f) generation
-
-
-def run_generate(trained, seed_text: str, **config) -> list[int]:
-    steps = generate(trained.model, trained.tokenizer, seed_text, SamplingConfig(**config))
-    return [int(t[0]) for t in steps]
-
-
-def test_greedy_is_deterministic_and_matches_argmax_of_a_full_forward_pass(trained) -> None:
-    seed = "the cat "
-    first = run_generate(trained, seed, strategy="greedy", length=30)
-    second = run_generate(trained, seed, strategy="greedy", length=30)
-    assert first == second and len(first) == 30
-    # re-feeding the whole text each step gives the same tokens as carrying the state
-    ids = [trained.tokenizer.eol_id, *trained.tokenizer.encode(seed).tolist()]
-    expected = []
-    with torch.no_grad():
-        for _ in range(30):
-            logits, _ = trained.model(torch.tensor([ids]))
-            expected.append(int(logits[0, -1].argmax()))
-            ids.append(expected[-1])
-    assert first == expected
-
-
-def test_temperature_zero_and_top_k_one_equal_greedy(trained) -> None:
-    greedy = run_generate(trained, "a ", strategy="greedy", length=25)
-    assert run_generate(trained, "a ", strategy="sample", temperature=0.0, length=25, random_seed=5) == greedy
-    assert run_generate(trained, "a ", strategy="sample", top_k=1, length=25, random_seed=5) == greedy
-
-
-def test_random_seed_makes_samples_reproducible(trained) -> None:
-    one = run_generate(trained, "the ", length=60, random_seed=123)
-    two = run_generate(trained, "the ", length=60, random_seed=123)
-    other = run_generate(trained, "the ", length=60, random_seed=124)
-    assert one == two
-    assert one != other
-    many = generate(trained.model, trained.tokenizer, "the ", SamplingConfig(length=40, num_samples=4, random_seed=9))
-    columns = torch.stack(list(many))
-    again = torch.stack(list(generate(trained.model, trained.tokenizer, "the ",
-                                      SamplingConfig(length=40, num_samples=4, random_seed=9))))
-    assert columns.shape == (40, 4)
-    assert torch.equal(columns, again)
-    assert len({tuple(columns[:, i].tolist()) for i in range(4)}) > 1  # the samples are independent
-    assert all(0 <= t < trained.tokenizer.vocab_size for t in columns.flatten().tolist())
-
-
-def test_cli_sample_with_random_seed_is_reproducible(trained) -> None:
-    from typer.testing import CliRunner
-
-    from rnnlm.cli import app
-
-    args = ["sample", "-m", str(trained.directory), "--seed", "the ", "--length", "40", "--random-seed", "7"]
-    first = CliRunner().invoke(app, args)
-    second = CliRunner().invoke(app, args)
-    assert first.exit_code == 0, first.output
-    assert first.stdout == second.stdout
-    assert first.stdout.startswith("the ")
-    expected = "the " + trained.tokenizer.decode(run_generate(trained, "the ", length=40, random_seed=7))
-    assert first.stdout == expected + ("" if expected.endswith("\n") else "\n")
-
-
-logit_rows = st.integers(min_value=0, max_value=2**31 - 1).map(
-    lambda seed: torch.randn(3, 17, generator=torch.Generator().manual_seed(seed)) * 3)
-
-
-@given(logits=logit_rows, k=st.integers(min_value=1, max_value=17),
-       temperature=st.floats(min_value=0.1, max_value=3.0))
-def test_top_k_gives_zero_probability_outside_the_k_most_likely(logits, k: int, temperature: float) -> None:
-    probs = next_token_distribution(logits, temperature=temperature, top_k=k)
-    assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
-    top = torch.topk(logits, k, dim=-1).indices
-    inside = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, top, True)
-    assert torch.all(probs[~inside] == 0)
-    # within the top k the ratios are those of the tempered softmax
-    expected = torch.softmax(logits.masked_fill(~inside, -torch.inf) / temperature, dim=-1)
-    assert torch.allclose(probs, expected, atol=1e-6)
-
-
-@given(logits=logit_rows, p=st.floats(min_value=0.01, max_value=0.999))
-def test_top_p_keeps_the_smallest_nucleus(logits, p: float) -> None:
-    probs = next_token_distribution(logits, top_p=p)
-    assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
-    full = torch.softmax(logits.double(), dim=-1)
-    for row in range(3):
-        ordered = torch.argsort(full[row], descending=True)
-        cumulative = torch.cumsum(full[row][ordered], 0)
-        size = int(torch.searchsorted(cumulative, torch.tensor(p, dtype=torch.float64))) + 1
-        if abs(float(cumulative[size - 1]) - p) < 1e-5 or (size > 1 and abs(float(cumulative[size - 2]) - p) < 1e-5):
-            continue  # too close to call in float32
-        kept = set(torch.nonzero(probs[row]).flatten().tolist())
-        assert kept == set(ordered[:size].tolist())  # the most likely tokens, just enough to reach p
-        renormalised = full[row] / full[row][ordered[:size]].sum()
-        for token in kept:
-            assert math.isclose(float(probs[row, token]), float(renormalised[token]), rel_tol=1e-4)
-
-
-def test_top_k_and_top_p_samples_stay_inside_their_sets(trained) -> None:
-    # every sampled token must be among the allowed ones for the logits that produced it
-    seed_text = "the "
-    tokens = run_generate(trained, seed_text, length=80, top_k=3, random_seed=1)
-    ids = [trained.tokenizer.eol_id, *trained.tokenizer.encode(seed_text).tolist()]
-    with torch.no_grad():
-        logits, _ = trained.model(torch.tensor([ids + tokens[:-1]]))
-    positions = logits[0, len(ids) - 1:]
-    for step, token in enumerate(tokens):
-        assert token in torch.topk(positions[step], 3).indices.tolist()
