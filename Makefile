@@ -29,5 +29,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Each benchmark compares against a reference in the same run and writes benchmarks/results/NAME.md.
+BENCHMARKS ?= $(sort $(wildcard benchmarks/*_throughput.py))
+bench: install
+	@for benchmark in $(BENCHMARKS); do echo "== $$benchmark"; $(BIN)/python $$benchmark || exit 1; done
+
 clean:
 	rm -rf $(VENV) data models .pytest_cache

@@ -30,6 +30,8 @@ def machine_lines() -> list[str]:
     return [
         f"- machine: {cpu_model()}, {os.cpu_count()} cores, hardware bf16: {bf16}",
         f"- software: Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        f"- load average (1 min) when the results were written: {os.getloadavg()[0]:.2f} "
+        f"(the benchmark's own threads count in it; more means other work shared the machine)",
         f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"- command: `python {' '.join(sys.argv)}`",
     ]

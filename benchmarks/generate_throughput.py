@@ -12,23 +12,16 @@ Run from anywhere:  python benchmarks/generate_throughput.py
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # time this checkout's code, not an installed copy
-
-from rnnlm.config import SamplingConfig  # noqa: E402
-from rnnlm.generate import generate  # noqa: E402
-from rnnlm.model import ModelConfig, RNNLanguageModel  # noqa: E402
-from rnnlm.tokenizers import CharTokenizer, Tokenizer  # noqa: E402
+from common import write_markdown
+from rnnlm.config import SamplingConfig
+from rnnlm.generate import generate
+from rnnlm.model import ModelConfig, RNNLanguageModel
+from rnnlm.tokenizers import CharTokenizer, Tokenizer
 
 # The characters of tinyshakespeare, newline aside: 64 characters, 66 tokens with end-of-line and unknown.
 ALPHABET = " !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -63,16 +56,6 @@ def best_time(run: Callable[[], int], repeats: int) -> tuple[int, float]:
     return tokens, min(times)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--length", type=int, default=500, help="tokens per sample for rnnlm's generators")
@@ -81,7 +64,6 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16, help="samples generated together as one batch")
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per generator; the fastest counts")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "generate_throughput.md")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -101,7 +83,6 @@ def main() -> None:
         generator = torch.Generator().manual_seed(0)
         return len(naive_window_generate(model, tokenizer, SEED, args.naive_length, args.window, generator))
 
-    load_before = os.getloadavg()
     rows = [
         ("rnnlm, 1 stream (text decoded and streamed as generated)", 1, rnnlm_run(stream=True)),
         (f"rnnlm, {args.streams} streams as one batch", args.streams, rnnlm_run(num_samples=args.streams)),
@@ -110,32 +91,17 @@ def main() -> None:
         (f"naive: re-feed the last {args.window} characters for every character", 1, naive_run),
     ]
     results = [(name, rows_per_step, *best_time(run, args.repeats)) for name, rows_per_step, run in rows]
-    load_after = os.getloadavg()
     naive_rate = results[-1][2] / results[-1][3]
-
-    table = ["| generator | sequences per step | tokens | seconds | tokens/s | × naive |",
-             "|---|---:|---:|---:|---:|---:|"]
+    table = [["generator", "sequences per step", "tokens", "seconds", "tokens/s", "× naive"]]
     for name, rows_per_step, tokens, seconds in results:
         rate = tokens / seconds
-        table.append(f"| {name} | {rows_per_step} | {tokens:,} | {seconds:.3f} | {rate:,.0f} | {rate / naive_rate:,.1f} |")
-    command = "python benchmarks/generate_throughput.py" + "".join(f" {a}" for a in sys.argv[1:])
-    threads = torch.get_num_threads()
-    setup = (f"A 2-layer LSTM, 512 units, embedding 512 (tied decoder), {tokenizer.vocab_size} character tokens, "
-             f"random weights, float32 on the CPU; sampling at temperature 1 from a {len(SEED)}-character seed. "
-             f"Each generator ran once to warm up, then {args.repeats} times; the fastest run counts. Beam search "
-             "counts the tokens of the hypothesis it returns (each step advances every hypothesis of the beam).")
-    machine = (f"- Machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__} with {threads} threads; "
-               f"Python {platform.python_version()}; {platform.system()}.")
-    load = (f"- Load average (1 min) before and after: {load_before[0]:.2f} and {load_after[0]:.2f}. Before the run, "
-            f"anything above 0 is other work sharing the machine; after it, the benchmark's own {threads} threads "
-            "account for part of it.")
-    date = f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}."
-    report = "\n".join(["# Generation throughput", "", setup, "", *table, "", machine, load, date,
-                        f"- Command: `{command}`", ""])
-    print(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report, encoding="utf-8")
-    print(f"wrote {args.output}", file=sys.stderr)
+        table.append([name, str(rows_per_step), f"{tokens:,}", f"{seconds:.3f}", f"{rate:,.0f}", f"{rate / naive_rate:,.1f}"])
+    write_markdown("generate_throughput", "Generation throughput", table, [
+        f"A 2-layer LSTM, 512 units, embedding 512 (tied decoder), {tokenizer.vocab_size} character tokens, "
+        f"random weights, float32 on the CPU; sampling at temperature 1 from a {len(SEED)}-character seed. "
+        f"Each generator ran once to warm up, then {args.repeats} times; the fastest run counts. Beam search "
+        "counts the tokens of the hypothesis it returns (each step advances every hypothesis of the beam).",
+    ])
 
 
 if __name__ == "__main__":
