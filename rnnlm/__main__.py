@@ -1,3 +1,4 @@
 from rnnlm.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes (multiprocessing "spawn") import this module too
+    main()

@@ -13,13 +13,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 
 from rnnlm import __version__
 from rnnlm.config import DynamicEvaluation, SamplingConfig, TrainConfig
 from rnnlm.errors import UserError
+
+if TYPE_CHECKING:
+    from rnnlm.data import PrepareOptions
 
 app = typer.Typer(
     name="rnnlm",
@@ -37,8 +40,23 @@ ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="Mode
 DeviceOption = Annotated[str, typer.Option(help="Device: auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")]
 EncodingErrorsOption = Annotated[Literal["strict", "replace"], typer.Option(
     "--encoding-errors", help="Invalid UTF-8 in the input: 'strict' stops with its byte offset and line; 'replace' substitutes U+FFFD.")]
-TokenizerOption = Annotated[Literal["char"], typer.Option(
-    "--tokenizer", help="Tokenizer: char (one token per Unicode character).")]
+TokenizerOption = Annotated[Optional[Literal["char", "word", "bpe", "unigram"]], typer.Option(
+    "--tokenizer", show_default=False,
+    help="Tokenizer, built from the training text: char (Unicode characters), word (whitespace words), bpe or unigram "
+    "(sentencepiece subwords with byte fallback). [default: char; word for the catalogue corpus ptb]")]
+VocabSizeOption = Annotated[Optional[int], typer.Option(
+    "--vocab-size", min=3, show_default=False,
+    help="Vocabulary size, end-of-line and unknown tokens included (word, bpe, unigram). "
+    "[default: word: every training word; bpe, unigram: 8000]")]
+MinCountOption = Annotated[int, typer.Option(
+    "--min-count", min=1, help="Word tokenizer: keep only words seen at least this often in the training text.")]
+SubwordAlphaOption = Annotated[float, typer.Option(
+    "--subword-alpha", min=0.0, max=1.0,
+    help="Subword regularisation (bpe, unigram): train on sampled segmentations; bpe: BPE-dropout probability, "
+    "unigram: sampling smoothing. 0: off.")]
+SubwordSamplesOption = Annotated[int, typer.Option(
+    "--subword-samples", min=1,
+    help="With --subword-alpha: sampled encodings of the training text written; training reads one per epoch in turn.")]
 ValidOption = Annotated[Optional[str], typer.Option("--valid", help="Validation text file (default: split off the corpus).")]
 TestOption = Annotated[Optional[str], typer.Option("--test", help="Test text file (default: split off the corpus).")]
 ValidFractionOption = Annotated[float, typer.Option(
@@ -85,9 +103,13 @@ def main_options(
 
 @app.command()
 def prepare(
-    corpus: Annotated[list[str], typer.Argument(help="Text file(s), - for standard input, or a catalogue name: alice, tinyshakespeare, ptb, ptb-char.", show_default=False)],
+    corpus: Annotated[list[str], typer.Argument(help="Text file(s) or directories of them, - for standard input, or a catalogue name: alice, tinyshakespeare, ptb, ptb-char.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (replaced whole if it holds an earlier prepare).")],
-    tokenizer: TokenizerOption = "char",
+    tokenizer: TokenizerOption = None,
+    vocab_size: VocabSizeOption = None,
+    min_count: MinCountOption = 1,
+    subword_alpha: SubwordAlphaOption = 0.0,
+    subword_samples: SubwordSamplesOption = 4,
     valid: ValidOption = None,
     test: TestOption = None,
     valid_fraction: ValidFractionOption = 0.05,
@@ -97,26 +119,44 @@ def prepare(
 ) -> None:
     """Build the tokenizer and the token-id files (train.bin, valid.bin, test.bin, meta.json) from text.
 
-    The tokenizer is built from the training split only; characters seen only in validation or
-    test text are out of vocabulary there. meta.json records, per split, tokens (end-of-line
-    included), words (plus one per line end), characters (newlines included), lines and OOV tokens.
+    CORPUS may also be a directory: its files (not hidden, not in subdirectories) are read in name
+    order. The tokenizer is built from the training split only; words or characters seen only in
+    validation or test text are out of vocabulary there (never for bpe and unigram, which fall back
+    to bytes). meta.json records, per split, tokens (end-of-line included), words (plus one per line
+    end), characters (newlines included), lines and OOV tokens.
     """
     from rnnlm.corpora import resolve_sources
-    from rnnlm.data import PrepareOptions
     from rnnlm.data import prepare as prepare_corpus
+    from rnnlm.display import PrepareDisplay
 
-    options = PrepareOptions(tokenizer, valid, test, valid_fraction, test_fraction, encoding_errors)
+    options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
+                               valid_fraction, test_fraction, encoding_errors)
     sources, options = resolve_sources(corpus, options, mirror)
-    prepared = prepare_corpus(sources, output, options)
+    prepared = prepare_corpus(sources, output, options, PrepareDisplay())
     for split, counts in prepared.meta["splits"].items():
         typer.echo(f"{split}: {counts['tokens']:,} tokens, {counts['words']:,} words, {counts['chars']:,} characters, "
                    f"{counts['lines']:,} lines, {counts['oov']:,} OOV", err=True)
-    typer.echo(f"vocabulary: {prepared.tokenizer.vocab_size:,} tokens ({tokenizer}); wrote {output}", err=True)
+    if prepared.train_samples:
+        typer.echo(f"train samples: {', '.join(f'{len(s):,}' for s in prepared.train_samples)} tokens", err=True)
+    typer.echo(f"vocabulary: {prepared.tokenizer.vocab_size:,} tokens ({options.tokenizer}); wrote {output}", err=True)
+
+
+def _prepare_options(corpus: list[str], tokenizer: Optional[str], vocab_size: Optional[int], min_count: int,
+                     subword_alpha: float, subword_samples: int, valid: Optional[str], test: Optional[str],
+                     valid_fraction: float, test_fraction: float, encoding_errors: str) -> PrepareOptions:
+    """The preparation options of `prepare` and `train`, the tokenizer defaulting to the corpus's usual one."""
+    from rnnlm.corpora import default_tokenizer
+    from rnnlm.data import PrepareOptions
+
+    return PrepareOptions(tokenizer=tokenizer or default_tokenizer(corpus), valid=valid, test=test,
+                          valid_fraction=valid_fraction, test_fraction=test_fraction, encoding_errors=encoding_errors,
+                          vocab_size=vocab_size, min_count=min_count, subword_alpha=subword_alpha,
+                          subword_samples=subword_samples)
 
 
 @app.command()
 def train(
-    corpus: Annotated[list[str], typer.Argument(help="Text file(s), a catalogue name (alice, tinyshakespeare, ptb, ptb-char), or a directory made by 'rnnlm prepare'.", show_default=False)],
+    corpus: Annotated[list[str], typer.Argument(help="Text file(s) or directories of them, a catalogue name (alice, tinyshakespeare, ptb, ptb-char), or a directory made by 'rnnlm prepare'.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory (default: models/NAME-CELL-TIME).")] = None,
     cell: Annotated[Literal["lstm", "gru", "rnn_tanh", "rnn_relu"], typer.Option(help="Recurrent cell.")] = "lstm",
     layers: Annotated[int, typer.Option(min=1, help="Recurrent layers.")] = 2,
@@ -139,7 +179,11 @@ def train(
     precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = TrainConfig.precision,
     device: DeviceOption = "auto",
     random_seed: Annotated[int, typer.Option(help="Seed for weights, dropout and batching.")] = TrainConfig.random_seed,
-    tokenizer: TokenizerOption = "char",
+    tokenizer: TokenizerOption = None,
+    vocab_size: VocabSizeOption = None,
+    min_count: MinCountOption = 1,
+    subword_alpha: SubwordAlphaOption = 0.0,
+    subword_samples: SubwordSamplesOption = 4,
     valid: ValidOption = None,
     test: TestOption = None,
     valid_fraction: ValidFractionOption = 0.05,
@@ -154,16 +198,17 @@ def train(
     metrics.jsonl with losses in nats per token) becomes the latest model for sample, score and perplexity.
     """
     from rnnlm.corpora import resolve_sources
-    from rnnlm.data import PrepareOptions, open_corpus
-    from rnnlm.display import TrainingDisplay
+    from rnnlm.data import open_corpus
+    from rnnlm.display import PrepareDisplay, TrainingDisplay
     from rnnlm.durations import parse_duration
     from rnnlm.train import TrainConfig, default_model_config, default_output_dir
     from rnnlm.train import train as train_model
 
     budget = parse_duration(max_time) if max_time is not None else (None if epochs else 300.0)
     interval = parse_duration(eval_interval, "--eval-interval") if eval_interval is not None else None
-    options = PrepareOptions(tokenizer, valid, test, valid_fraction, test_fraction, encoding_errors)
-    corpus_data = open_corpus(*resolve_sources(corpus, options, mirror))
+    options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
+                               valid_fraction, test_fraction, encoding_errors)
+    corpus_data = open_corpus(*resolve_sources(corpus, options, mirror), PrepareDisplay())
     model_config = default_model_config(corpus_data, cell=cell, layers=layers, embedding_size=embedding_size,
                                         hidden_size=hidden_size, dropout=dropout, tie=tie)
     config = TrainConfig(bptt=bptt, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,

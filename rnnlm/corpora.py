@@ -57,6 +57,13 @@ def resolve_sources(sources: list[str], options: PrepareOptions, mirror: str | N
     return files.train, replace(options, valid=files.valid, test=files.test)
 
 
+def default_tokenizer(sources: list[str]) -> str:
+    """The tokenizer a corpus is usually modelled with: the catalogue's for a named corpus (word for ptb), else char."""
+    if len(sources) == 1 and not Path(sources[0]).exists():
+        return catalogue().get(sources[0], {}).get("tokenizer", "char")
+    return "char"
+
+
 def fetch_corpus(name: str, entry: dict[str, Any], mirror: str | None) -> CorpusFiles:
     """The corpus's files in the cache (fetched and verified once), cut into its standard split."""
     directory = cache_home() / "corpora" / name

@@ -1,8 +1,13 @@
 """Preparing a corpus: split it, build the tokenizer, and write token ids to memory-mapped files.
 
 A prepared directory holds `tokenizer.json`, `meta.json` (counts per split) and one raw
-token-id file per split (`train.bin`, `valid.bin`, `test.bin`; uint16 or uint32). Every
-pass over the text streams it in chunks.
+token-id file per split (`train.bin`, `valid.bin`, `test.bin`; uint16 when the vocabulary
+fits, else uint32), plus `train-sample-K.bin` files under subword regularisation.
+
+Nothing holds the corpus in memory: every pass streams it in chunks that end on line
+boundaries. There are three passes: a byte scan counting lines, one over the training
+text that builds the tokenizer, and one that encodes every split and writes its ids.
+Large corpora are tokenized by several worker processes, chunks kept in order.
 """
 
 from __future__ import annotations
@@ -10,29 +15,48 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import takewhile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
 from rnnlm.errors import UserError
 from rnnlm.fileio import (
+    ENCODING_ERRORS,
     atomic_directory,
     check_readable_file,
     iter_text_chunks,
     open_binary_input,
     write_text_atomic,
 )
-from rnnlm.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
+from rnnlm.tokenizers import (
+    SUBWORD_KINDS,
+    TOKENIZER_KINDS,
+    Tokenizer,
+    TokenizerSettings,
+    count_words,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
 
 SPLITS = ("train", "valid", "test")
 PREPARED_MARKER = "meta.json"
+PARALLEL_MIN_BYTES = 64 << 20  # smaller corpora are tokenized in this process: workers take a second to start
+SUBWORD_SAMPLE_BYTES = 32 << 20  # about this much training text is sampled for bpe/unigram (bounds memory)
 
 
 @dataclass
@@ -47,13 +71,18 @@ class TextCounts:
 
     def add_text(self, text: str) -> None:
         """Count words and characters of text whose every line ends with a newline."""
-        self.words += len(text.split()) + text.count("\n")
+        newlines = text.count("\n")
+        self.words += count_words(text) + newlines
         self.chars += len(text)
-        self.lines += text.count("\n")
+        self.lines += newlines
 
     def add_tokens(self, ids: np.ndarray, unk_id: int) -> None:
         self.tokens += len(ids)
         self.oov += int(np.count_nonzero(ids == unk_id))
+
+    def add(self, other: TextCounts) -> None:
+        for name, value in other.__dict__.items():
+            setattr(self, name, getattr(self, name) + value)
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -67,6 +96,33 @@ class PrepareOptions:
     valid_fraction: float = 0.05
     test_fraction: float = 0.0
     encoding_errors: str = "strict"
+    vocab_size: int | None = None
+    min_count: int = 1
+    subword_alpha: float = 0.0
+    subword_samples: int = 4
+
+    def validate(self) -> None:
+        if self.tokenizer not in TOKENIZER_KINDS:
+            raise UserError(f"unknown tokenizer {self.tokenizer!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+        checks = [
+            (self.encoding_errors in ENCODING_ERRORS, "--encoding-errors must be 'strict' or 'replace'"),
+            (self.vocab_size is None or self.tokenizer != "char",
+             "--vocab-size does not apply to --tokenizer char (its vocabulary is the training characters)"),
+            (self.vocab_size is None or self.vocab_size >= 3, f"--vocab-size must be at least 3, got {self.vocab_size}"),
+            (self.min_count >= 1, f"--min-count must be at least 1, got {self.min_count}"),
+            (self.min_count == 1 or self.tokenizer == "word", "--min-count applies to --tokenizer word only"),
+            (0 <= self.subword_alpha <= 1, f"--subword-alpha must be from 0 to 1, got {self.subword_alpha}"),
+            (not self.subword_alpha or self.tokenizer in SUBWORD_KINDS, "--subword-alpha needs --tokenizer bpe or unigram"),
+            (self.subword_samples >= 1, f"--subword-samples must be at least 1, got {self.subword_samples}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+    @property
+    def sample_count(self) -> int:
+        """Sampled encodings of the training split to write (0 without subword regularisation)."""
+        return self.subword_samples if self.subword_alpha else 0
 
     def cache_fields(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -80,12 +136,75 @@ class PreparedCorpus:
     tokenizer: Tokenizer
     meta: dict[str, Any]
     splits: dict[str, np.ndarray] = field(default_factory=dict)
+    train_samples: list[np.ndarray] = field(default_factory=list)
 
     def counts(self, split: str) -> TextCounts:
         return TextCounts(**self.meta["splits"][split])
 
+    def train_tokens(self, epoch: int) -> np.ndarray:
+        """The training stream of an epoch (from 1): under subword regularisation each epoch
+        reads the next sampled segmentation in turn, otherwise the one encoding."""
+        if not self.train_samples:
+            return self.splits["train"]
+        return self.train_samples[(epoch - 1) % len(self.train_samples)]
 
-def iter_source_text(sources: Sequence[str], errors: str) -> Iterator[str]:
+
+class PrepareReporter(Protocol):
+    """What preparing tells whoever is watching: each pass over the text, and bytes as they are read."""
+
+    def start(self, corpus_bytes: int) -> None: ...
+    def phase(self, description: str, total_bytes: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def finish(self) -> None: ...
+
+
+class SilentPrepareReporter:
+    def start(self, corpus_bytes: int) -> None: pass
+    def phase(self, description: str, total_bytes: int) -> None: pass
+    def advance(self, nbytes: int) -> None: pass
+    def finish(self) -> None: pass
+
+
+# ---------------------------------------------------------------------------------------
+# Reading the sources
+
+
+def expand_sources(sources: Sequence[str]) -> list[str]:
+    """The sources with each directory replaced by the files in it.
+
+    A directory contributes its regular files (symbolic links followed) whose names do not
+    start with a dot, in name order; subdirectories are not entered.
+    """
+    expanded: list[str] = []
+    for source in sources:
+        path = Path(source)
+        if source == "-" or not path.is_dir():
+            expanded.append(source)
+            continue
+        try:
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        except PermissionError:
+            raise UserError(f"{source}: permission denied") from None
+        if not files:
+            raise UserError(f"{source}: the directory holds no files to read")
+        expanded.extend(str(p) for p in files)
+    return expanded
+
+
+class _CountingReader:
+    """A binary stream that reports how many bytes each read returned."""
+
+    def __init__(self, stream: BinaryIO, on_read: Callable[[int], None]) -> None:
+        self.stream = stream
+        self.on_read = on_read
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.stream.read(size)
+        self.on_read(len(block))
+        return block
+
+
+def iter_source_text(sources: Sequence[str], errors: str, on_read: Callable[[int], None] | None = None) -> Iterator[str]:
     """The text of every source in order, in chunks that each end with a newline.
 
     A source whose last line has no newline gets one, so every line ends with end-of-line.
@@ -93,7 +212,8 @@ def iter_source_text(sources: Sequence[str], errors: str) -> Iterator[str]:
     for source in sources:
         previous = ""
         with open_binary_input(source) as stream:
-            for text in iter_text_chunks(stream, _display_name(source), errors):
+            reader = _CountingReader(stream, on_read) if on_read else stream
+            for text in iter_text_chunks(reader, _display_name(source), errors):  # type: ignore[arg-type]
                 if previous:
                     yield previous
                 previous = text
@@ -105,7 +225,7 @@ def _display_name(source: str) -> str:
     return "<stdin>" if source == "-" else source
 
 
-def count_lines(sources: Sequence[str]) -> int:
+def count_lines(sources: Sequence[str], on_read: Callable[[int], None] | None = None) -> int:
     """Lines in the sources, an unterminated last line counted (a cheap byte scan)."""
     total = 0
     for source in sources:
@@ -114,32 +234,10 @@ def count_lines(sources: Sequence[str]) -> int:
             while block := stream.read(1 << 22):
                 total += block.count(b"\n")
                 last = block[-1:]
+                if on_read:
+                    on_read(len(block))
         total += last != b"\n"
     return total
-
-
-def iter_lines_range(chunks: Iterator[str], start: int, stop: int) -> Iterator[str]:
-    """From text chunks, the text of lines start..stop-1 (0-based), in chunks."""
-    line = 0
-    for text in chunks:
-        n = text.count("\n")
-        if line + n <= start:
-            line += n
-            continue
-        begin = _position_after_lines(text, start - line) if line < start else 0
-        end = _position_after_lines(text, stop - line) if line + n > stop else len(text)
-        if begin < end:
-            yield text[begin:end]
-        line += n
-        if line >= stop:
-            return
-
-
-def _position_after_lines(text: str, lines: int) -> int:
-    position = 0
-    for _ in range(lines):
-        position = text.index("\n", position) + 1
-    return position
 
 
 def split_line_ranges(total_lines: int, valid_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
@@ -161,78 +259,201 @@ def split_line_ranges(total_lines: int, valid_fraction: float, test_fraction: fl
     }
 
 
-def prepare(sources: Sequence[str], output: Path, options: PrepareOptions) -> PreparedCorpus:
+def cut_at_lines(chunks: Iterable[str], ranges: dict[str, tuple[int, int]]) -> Iterator[tuple[str, str]]:
+    """(split, text) pieces of the chunks, each split taking the lines of its range (in order)."""
+    ends = [(name, stop) for name, (start, stop) in ranges.items() if stop > start]
+    index = line = 0
+    for text in chunks:
+        while text and index < len(ends):
+            name, stop = ends[index]
+            newlines = text.count("\n")
+            if line + newlines < stop:
+                yield name, text
+                line += newlines
+                break
+            cut = _position_after_lines(text, stop - line)
+            yield name, text[:cut]
+            text, line, index = text[cut:], stop, index + 1
+
+
+def _position_after_lines(text: str, lines: int) -> int:
+    position = 0
+    for _ in range(lines):
+        position = text.index("\n", position) + 1
+    return position
+
+
+def iter_split_text(sources: Sequence[str], options: PrepareOptions, ranges: dict[str, tuple[int, int]] | None,
+                    on_read: Callable[[int], None] | None = None) -> Iterator[tuple[str, str]]:
+    """(split, text chunk) over the whole input in one pass: the training text first, then valid, then test."""
+    errors = options.encoding_errors
+    if ranges is not None:
+        yield from cut_at_lines(iter_source_text(sources, errors, on_read), ranges)
+        return
+    for name, files in (("train", sources), ("valid", [options.valid]), ("test", [options.test])):
+        for text in iter_source_text([f for f in files if f], errors, on_read):
+            yield name, text
+
+
+def _source_bytes(sources: Sequence[str]) -> int:
+    return sum(Path(s).stat().st_size for s in sources)
+
+
+# ---------------------------------------------------------------------------------------
+# Worker processes
+
+
+def worker_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+_installed: Callable[[Any], Any] | None = None
+
+
+def _install(function: Callable[[Any], Any]) -> None:
+    global _installed
+    _installed = function
+
+
+def _call_installed(item: Any) -> Any:
+    assert _installed is not None
+    return _installed(item)
+
+
+def parallel_map(function: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+    """map(function, items) in worker processes: results in order, only a few items in flight.
+
+    `function` is sent to each worker once; a bounded queue (unlike Pool.imap) keeps the
+    reader from running ahead of the workers with the whole corpus.
+    """
+    workers = worker_count()
+    context = multiprocessing.get_context("spawn")  # fork is unsafe beside the threads of torch and Rich
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_install, initargs=(function,)) as pool:
+        pending: deque[Future[Any]] = deque()
+        for item in items:
+            pending.append(_submit_without_sigint(pool, item))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _submit_without_sigint(pool: ProcessPoolExecutor, item: Any) -> Future[Any]:
+    """Submit with SIGINT blocked: the workers the pool starts meanwhile inherit the block, so
+    Ctrl-C reaches this process alone, which stops the pool and exits quietly (130)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(_call_installed, item)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+@dataclass
+class EncodedChunk:
+    split: str
+    counts: TextCounts
+    ids: np.ndarray
+    samples: list[np.ndarray]  # sampled segmentations (subword regularisation), training text only
+
+
+def encode_chunk(tokenizer: Tokenizer, dtype: type, alpha: float, samples: int, task: tuple[str, str]) -> EncodedChunk:
+    """Encode one chunk of a split (and, of the training text, `samples` sampled segmentations) and count it."""
+    split, text = task
+    ids = tokenizer.encode(text)
+    counts = TextCounts()
+    counts.add_text(text)
+    counts.add_tokens(ids, tokenizer.unk_id)
+    sampled = [tokenizer.encode_sampled(text, alpha).astype(dtype)  # type: ignore[attr-defined]
+               for _ in range(samples if split == "train" else 0)]
+    return EncodedChunk(split, counts, ids.astype(dtype), sampled)
+
+
+# ---------------------------------------------------------------------------------------
+# prepare
+
+
+def prepare(sources: Sequence[str], output: Path, options: PrepareOptions,
+            reporter: PrepareReporter | None = None) -> PreparedCorpus:
     """Build the tokenizer on the training text and write every split's token ids under `output`."""
     if not sources:
         raise UserError("no corpus given")
-    if options.encoding_errors not in ("strict", "replace"):
-        raise UserError("--encoding-errors must be 'strict' or 'replace'")
+    options.validate()
+    reporter = reporter or SilentPrepareReporter()
+    sources = expand_sources(sources)
     for source in [*sources, options.valid, options.test]:
         if source not in (None, "-"):
             check_readable_file(Path(source))
-    with _spooled_stdin(sources) as sources:
-        split_text = _split_readers(sources, options)
-        sample = _first_bytes(split_text["train"]())
-        if not sample.strip("\n"):
-            raise UserError(f"{', '.join(map(_display_name, sources))}: the training text is empty")
-        tokenizer = train_tokenizer(options.tokenizer, split_text["train"]())
+    names = [_display_name(s) for s in sources]
+    with atomic_directory(output, (PREPARED_MARKER,)) as building, _spooled_stdin(sources) as sources:
+        corpus_bytes = _source_bytes([*sources, *filter(None, [options.valid, options.test])])
+        reporter.start(corpus_bytes)
+        reporter.phase("counting lines", _source_bytes(sources))
+        total_lines = count_lines(sources, reporter.advance)
+        if total_lines == 0:
+            raise UserError(f"{', '.join(names)}: is empty")
+        fractions = options.valid is None and options.test is None
+        ranges = split_line_ranges(total_lines, options.valid_fraction, options.test_fraction) if fractions else None
+
+        def training_text(on_read: Callable[[int], None] | None = None) -> Iterator[str]:
+            chunks = takewhile(lambda item: item[0] == "train", iter_split_text(sources, options, ranges, on_read))
+            return (text for _, text in chunks)
+
+        if not any(text.strip("\n") for text in training_text()):
+            raise UserError(f"{', '.join(names)}: the training text is empty")
+        # characters are encoded faster than they are handed to another process: char stays in this one
+        parallel = corpus_bytes >= PARALLEL_MIN_BYTES and worker_count() > 1 and options.tokenizer != "char"
+        settings = TokenizerSettings(options.vocab_size, options.min_count,
+                                     max(1, SUBWORD_SAMPLE_BYTES * total_lines // max(1, _source_bytes(sources))))
+        train_bytes = _source_bytes(sources) * (ranges["train"][1] / total_lines if ranges else 1)
+        reporter.phase(f"building the {options.tokenizer} vocabulary", int(train_bytes))
+        tokenizer = train_tokenizer(options.tokenizer, training_text(reporter.advance), settings,
+                                    parallel_map if parallel else map)
         dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-        with atomic_directory(output, (PREPARED_MARKER,)) as building:
-            counts = {name: _encode_split(split_text[name](), tokenizer, building / f"{name}.bin", dtype) for name in SPLITS}
-            save_tokenizer(tokenizer, building / "tokenizer.json")
-            meta = {
-                "format": "rnnlm-prepared",
-                "version": 1,
-                "tokenizer": tokenizer.kind,
-                "vocab_size": tokenizer.vocab_size,
-                "dtype": np.dtype(dtype).name,
-                "sources": [_display_name(s) for s in sources],
-                "options": options.cache_fields(),
-                "splits": {name: c.to_dict() for name, c in counts.items()},
-            }
-            write_text_atomic(building / PREPARED_MARKER, json.dumps(meta, indent=2) + "\n")
+        reporter.phase("encoding", corpus_bytes)
+        counts, sample_tokens = _encode_splits(iter_split_text(sources, options, ranges, reporter.advance),
+                                               tokenizer, dtype, options, building, parallel)
+        save_tokenizer(tokenizer, building / "tokenizer.json")
+        meta = {
+            "format": "rnnlm-prepared",
+            "version": 1,
+            "tokenizer": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": np.dtype(dtype).name,
+            "sources": names,
+            "options": options.cache_fields(),
+            "splits": {name: c.to_dict() for name, c in counts.items()},
+            "train_samples": sample_tokens,
+        }
+        write_text_atomic(building / PREPARED_MARKER, json.dumps(meta, indent=2) + "\n")
+        reporter.finish()
     return load_prepared(output)
 
 
-def _first_bytes(chunks: Iterator[str]) -> str:
-    for text in chunks:
-        if text.strip("\n"):
-            return text
-    return ""
+def _sample_path(directory: Path, k: int) -> Path:
+    return directory / f"train-sample-{k}.bin"
 
 
-def _split_readers(sources: Sequence[str], options: PrepareOptions) -> dict[str, Any]:
-    """For each split, a function returning a fresh iterator over its text."""
-    errors = options.encoding_errors
-    if options.valid is None and options.test is None:
-        total_lines = count_lines(sources)
-        if total_lines == 0:
-            raise UserError(f"{', '.join(map(_display_name, sources))}: is empty")
-        ranges = split_line_ranges(total_lines, options.valid_fraction, options.test_fraction)
-        return {
-            name: (lambda start=start, stop=stop: iter_lines_range(iter_source_text(sources, errors), start, stop))
-            for name, (start, stop) in ranges.items()
-        }
-    readers: dict[str, Any] = {"train": lambda: iter_source_text(sources, errors)}
-    for name in ("valid", "test"):
-        path = getattr(options, name)
-        readers[name] = (lambda path=path: iter_source_text([path], errors)) if path else (lambda: iter(()))
-    return readers
-
-
-def _encode_split(chunks: Iterator[str], tokenizer: Tokenizer, path: Path, dtype: type) -> TextCounts:
-    counts = TextCounts()
-    with path.open("wb") as stream:
-        for text in chunks:
-            ids = tokenizer.encode(text)
-            counts.add_text(text)
-            counts.add_tokens(ids, tokenizer.unk_id)
-            ids.astype(dtype).tofile(stream)
-    return counts
+def _encode_splits(chunks: Iterator[tuple[str, str]], tokenizer: Tokenizer, dtype: type, options: PrepareOptions,
+                   directory: Path, parallel: bool) -> tuple[dict[str, TextCounts], list[int]]:
+    """Write each split's ids (and the training samples) as they come; their counts."""
+    samples = options.sample_count
+    counts = {name: TextCounts() for name in SPLITS}
+    sample_tokens = [0] * samples
+    encode = partial(encode_chunk, tokenizer, dtype, options.subword_alpha, samples)
+    with ExitStack() as stack:
+        files = {name: stack.enter_context((directory / f"{name}.bin").open("wb")) for name in SPLITS}
+        sample_files = [stack.enter_context(_sample_path(directory, k).open("wb")) for k in range(1, samples + 1)]
+        for chunk in (parallel_map if parallel else map)(encode, chunks):
+            counts[chunk.split].add(chunk.counts)
+            chunk.ids.tofile(files[chunk.split])
+            for k, ids in enumerate(chunk.samples):
+                ids.tofile(sample_files[k])
+                sample_tokens[k] += len(ids)
+    return counts, sample_tokens
 
 
 class _spooled_stdin:
-    """Copy standard input to a temporary file, because preparing reads the text twice."""
+    """Copy standard input to a temporary file, because preparing reads the text more than once."""
 
     def __init__(self, sources: Sequence[str]) -> None:
         self.sources = list(sources)
@@ -266,15 +487,18 @@ def load_prepared(directory: Path) -> PreparedCorpus:
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{meta_path}: unreadable ({error})") from None
     tokenizer = load_tokenizer(directory / "tokenizer.json")
-    splits: dict[str, np.ndarray] = {}
-    for name in SPLITS:
-        path = directory / f"{name}.bin"
-        expected = meta["splits"][name]["tokens"]
-        size = path.stat().st_size if path.exists() else -1
-        if size != expected * dtype.itemsize:
-            raise UserError(f"{path}: missing or truncated (expected {expected} tokens)")
-        splits[name] = np.memmap(path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype=dtype)
-    return PreparedCorpus(directory, tokenizer, meta, splits)
+    splits = {name: _open_ids(directory / f"{name}.bin", meta["splits"][name]["tokens"], dtype) for name in SPLITS}
+    samples = [_open_ids(_sample_path(directory, k), tokens, dtype)
+               for k, tokens in enumerate(meta.get("train_samples", []), start=1)]
+    return PreparedCorpus(directory, tokenizer, meta, splits, samples)
+
+
+def _open_ids(path: Path, expected: int, dtype: np.dtype) -> np.ndarray:
+    """A token-id file as a read-only memory map, checked to hold `expected` ids."""
+    size = path.stat().st_size if path.exists() else -1
+    if size != expected * dtype.itemsize:
+        raise UserError(f"{path}: missing or truncated (expected {expected} tokens)")
+    return np.memmap(path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype=dtype)
 
 
 def prepared_cache_dir(sources: Sequence[str], options: PrepareOptions) -> Path:
@@ -299,12 +523,15 @@ def is_prepared_directory(path: Path) -> bool:
     return path.is_dir() and (path / PREPARED_MARKER).exists()
 
 
-def open_corpus(sources: Sequence[str], options: PrepareOptions) -> PreparedCorpus:
-    """A prepared directory as is, or raw text prepared into the cache (once)."""
+def open_corpus(sources: Sequence[str], options: PrepareOptions,
+                reporter: PrepareReporter | None = None) -> PreparedCorpus:
+    """A prepared directory as is, or raw text (files, directories of files) prepared into the cache (once)."""
     if len(sources) == 1 and is_prepared_directory(Path(sources[0])):
         return load_prepared(Path(sources[0]))
     if "-" in sources:
         raise UserError("train reads files, not standard input; run 'rnnlm prepare - -o DIR' first")
+    options.validate()
+    sources = expand_sources(sources)
     for source in sources:
         check_readable_file(Path(source))
     cached = prepared_cache_dir(sources, options)
@@ -313,7 +540,7 @@ def open_corpus(sources: Sequence[str], options: PrepareOptions) -> PreparedCorp
             return load_prepared(cached)
         except UserError:
             pass  # a damaged cache entry is simply rebuilt
-    return prepare(sources, cached, options)
+    return prepare(sources, cached, options, reporter)
 
 
 def stream_batches(tokens: np.ndarray, batch_size: int, bptt: int, start_column: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:

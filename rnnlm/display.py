@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from rnnlm.durations import format_duration
@@ -79,6 +79,50 @@ class TrainingDisplay:
         table.add_row("best validation", f"{result.best_val_loss:.4f} nats/token, {result.best_val_bpc:.4f} bits/char")
         table.add_row("model", str(result.directory))
         self.console.print(table)
+
+
+class PrepareDisplay:
+    """A progress bar per pass over the text (bytes, MB/s) on a terminal; a closing line with the throughput."""
+
+    def __init__(self, console: Console = stderr) -> None:
+        self.console = console
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.task_total = 0
+        self.corpus_bytes = 0
+        self.started = time.perf_counter()
+
+    def start(self, corpus_bytes: int) -> None:
+        self.corpus_bytes = corpus_bytes
+        self.started = time.perf_counter()
+        if self.console.is_terminal:
+            self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(),
+                                     TransferSpeedColumn(), TimeRemainingColumn(), console=self.console)
+            self.progress.start()
+
+    def phase(self, description: str, total_bytes: int) -> None:
+        if self.progress is not None:
+            self._complete_task()
+            self.task_total = max(1, total_bytes)
+            self.task = self.progress.add_task(description, total=self.task_total)
+
+    def advance(self, nbytes: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task, nbytes)
+
+    def _complete_task(self) -> None:
+        """Show the pass as done: the byte totals of a pass are estimates."""
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, completed=self.task_total)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self._complete_task()
+            self.progress.stop()
+        elapsed = time.perf_counter() - self.started
+        megabytes = self.corpus_bytes / 1e6
+        self.console.print(f"prepared {megabytes:,.1f} MB of text in {elapsed:,.1f} s "
+                           f"({megabytes / max(elapsed, 1e-9):,.1f} MB/s)", highlight=False)
 
 
 def perplexity_table(report: dict[str, Any], source: str) -> Table:

@@ -157,6 +157,8 @@ def atomic_directory(path: Path, marker_files: tuple[str, ...]) -> Iterator[Path
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         os.chmod(temporary, 0o777 & ~_umask())
+    except FileExistsError as error:  # mkdir(exist_ok=True) met a file where a directory belongs
+        raise UserError(f"{path}: cannot write here ({error.filename} is not a directory)") from None
     except OSError as error:
         raise UserError(f"{path}: cannot write here ({error.strerror})") from None
     try:

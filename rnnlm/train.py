@@ -208,7 +208,7 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
         while config.epochs is None or epoch < config.epochs:
             epoch += 1
             state = None
-            for _, inputs, targets in stream_batches(train_tokens, config.batch_size, config.bptt):
+            for _, inputs, targets in stream_batches(corpus.train_tokens(epoch), config.batch_size, config.bptt):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(config, step, progress())
                 x = torch.from_numpy(inputs).to(device, non_blocking=True)
