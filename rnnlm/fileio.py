@@ -44,7 +44,7 @@ def open_binary_input(source: str) -> Iterator[BinaryIO]:
 
 
 def iter_text_chunks(
-    stream: BinaryIO, name: str, errors: str = "strict", chunk_bytes: int = CHUNK_BYTES, by_line: bool = False
+    stream: BinaryIO, name: str, errors: str = "strict", chunk_bytes: int | None = None, by_line: bool = False
 ) -> Iterator[str]:
     """Decoded text in pieces of about `chunk_bytes` (or single lines), each ending after a newline
     (but the last).
@@ -56,7 +56,7 @@ def iter_text_chunks(
     line_number = 1
     pending: list[bytes] = []  # the start of a line still being read (kept as blocks: no quadratic copying)
     while True:
-        block = stream.readline() if by_line else stream.read(chunk_bytes)
+        block = stream.readline() if by_line else stream.read(chunk_bytes or CHUNK_BYTES)
         if block:
             cut = block.rfind(b"\n") + 1
             if cut == 0:  # a very long line: keep reading until it ends

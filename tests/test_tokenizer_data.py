@@ -210,7 +210,6 @@ def test_prepare_reads_in_chunks_without_changing_the_result(tmp_path, monkeypat
     corpus.write_text(text, encoding="utf-8")
     whole = prepare([str(corpus)], tmp_path / "whole", PrepareOptions(valid_fraction=0.1, test_fraction=0.1))
     monkeypatch.setattr(rnnlm.fileio, "CHUNK_BYTES", 64)
-    monkeypatch.setattr(rnnlm.fileio.iter_text_chunks, "__defaults__", ("strict", 64))
     chunked = prepare([str(corpus)], tmp_path / "chunked", PrepareOptions(valid_fraction=0.1, test_fraction=0.1))
     assert chunked.meta["splits"] == whole.meta["splits"]
     for split in ("train", "valid", "test"):

@@ -373,7 +373,7 @@ def test_worker_processes_write_what_one_process_writes(tmp_path: Path, monkeypa
     corpus.write_text(make_corpus(2000, seed=5), encoding="utf-8")
     options = PrepareOptions(tokenizer=kind, vocab_size=SUBWORD_VOCAB if kind == "bpe" else None,
                              subword_alpha=alpha, subword_samples=2, valid_fraction=0.1, test_fraction=0.1)
-    monkeypatch.setattr(rnnlm.fileio.iter_text_chunks, "__defaults__", ("strict", 4096))  # many chunks
+    monkeypatch.setattr(rnnlm.fileio, "CHUNK_BYTES", 4096)  # many chunks
     one = prepare([str(corpus)], tmp_path / "one", options)
     monkeypatch.setattr(rnnlm.data, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(rnnlm.data, "worker_count", lambda: 2)
