@@ -107,7 +107,8 @@ def run_prepare(corpus: Path, output: Path, tokenizer: str) -> Run:
     return Run(tokenizer, seconds, peak, usage.ru_maxrss * 1024, meta)
 
 
-def machine() -> dict[str, str]:
+def machine(load: tuple[float, ...]) -> dict[str, str]:
+    """The machine and software, and the load average before the runs (imports torch: call after them)."""
     import numpy
     import sentencepiece
     import torch
@@ -119,7 +120,7 @@ def machine() -> dict[str, str]:
         "memory": f"{os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB",
         "software": f"Python {platform.python_version()}, torch {torch.__version__}, "
                     f"sentencepiece {sentencepiece.__version__}, numpy {numpy.__version__}",
-        "load average before the runs": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load average (1, 5, 15 min) before the runs": ", ".join(f"{x:.2f}" for x in load),
     }
 
 
@@ -160,13 +161,13 @@ def main() -> None:
         if shutil.disk_usage(work).free < 5 * size:  # the corpus, and up to twice its size in token ids
             sys.exit(f"{work}: needs {5 * size / 1e9:.0f} GB free")
         corpus_bytes = build_corpus(args.corpus, work / "corpus.txt", size)
-        info = machine()
+        load = os.getloadavg()
         runs = []
         for tokenizer in args.tokenizers:
             runs.append(run_prepare(work / "corpus.txt", work / tokenizer, tokenizer))
             shutil.rmtree(work / tokenizer)
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report(runs, corpus_bytes, args.corpus, info, sys.argv), encoding="utf-8")
+        args.output.write_text(report(runs, corpus_bytes, args.corpus, machine(load), sys.argv), encoding="utf-8")
         print(args.output.read_text(encoding="utf-8"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
