@@ -3,9 +3,10 @@
 Builds a corpus of at least --size-gb gigabytes in a temporary folder by repeating a shared
 corpus with its lines shuffled afresh each time, runs `rnnlm prepare` on it once per
 tokenizer in a subprocess, and measures the wall time, the throughput (corpus bytes per
-second) and the peak memory: the largest resident set of the process tree (prepare and its
-worker processes together, sampled every 50 ms) and of any single process (wait4). The
-results go to benchmarks/results/prepare_throughput.md; the temporary files are deleted.
+second), the CPU time of prepare and its workers (which, unlike wall time, does not grow
+when other work shares the machine) and the peak memory: the largest resident set of the
+process tree (sampled every 50 ms) and of any single process (wait4). The results go to
+benchmarks/results/prepare_throughput.md; the temporary files are deleted.
 
     python benchmarks/prepare_throughput.py [--corpus ../shared/corpora/tinyshakespeare/input.txt]
 """
@@ -73,6 +74,7 @@ def tree_rss(root: int) -> int:
 class Run:
     tokenizer: str
     seconds: float
+    cpu_seconds: float
     peak_tree_bytes: int
     peak_process_bytes: int
     meta: dict
@@ -104,10 +106,11 @@ def run_prepare(corpus: Path, output: Path, tokenizer: str) -> Run:
         sys.exit(f"rnnlm prepare --tokenizer {tokenizer} failed:\n{stderr}")
     print(stderr.strip(), file=sys.stderr)
     meta = json.loads((output / "meta.json").read_text(encoding="utf-8"))
-    return Run(tokenizer, seconds, peak, usage.ru_maxrss * 1024, meta)
+    return Run(tokenizer, seconds, usage.ru_utime + usage.ru_stime, peak, usage.ru_maxrss * 1024, meta)
 
 
-def machine() -> dict[str, str]:
+def machine(load: tuple[float, ...]) -> dict[str, str]:
+    """The machine and software, and the load average before the runs (imports torch: call after them)."""
     import numpy
     import sentencepiece
     import torch
@@ -119,7 +122,7 @@ def machine() -> dict[str, str]:
         "memory": f"{os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB",
         "software": f"Python {platform.python_version()}, torch {torch.__version__}, "
                     f"sentencepiece {sentencepiece.__version__}, numpy {numpy.__version__}",
-        "load average before the runs": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load average (1, 5, 15 min) before the runs": ", ".join(f"{x:.2f}" for x in load),
     }
 
 
@@ -128,17 +131,21 @@ def report(runs: list[Run], corpus_bytes: int, source: Path, info: dict[str, str
         "# `rnnlm prepare` throughput and memory",
         "",
         f"Corpus: `{source.name}` repeated with its lines shuffled each time, {corpus_bytes / 1e9:.2f} GB "
-        f"({corpus_bytes:,} bytes); default split (5% validation). MB/s is corpus bytes / wall time of the whole "
-        "`rnnlm prepare` (line count, tokenizer training, encoding, writing). Peak memory: the largest resident set "
-        "of the process tree (prepare and its workers together, sampled every 50 ms) and of any single process.",
+        f"({corpus_bytes:,} bytes); default split (5% validation). Throughput is corpus bytes / wall time of the "
+        "whole `rnnlm prepare` (line count, tokenizer training, encoding, writing). CPU time is that of prepare and "
+        "its worker processes; corpus bytes / CPU time is what one otherwise idle core would deliver without "
+        "workers. Peak memory: the largest resident set of the process tree (prepare and its workers together, "
+        "sampled every 50 ms) and of any single process.",
         "",
-        "| tokenizer | vocabulary | train tokens | wall time | throughput | peak memory (tree) | largest process |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| tokenizer | vocabulary | train tokens | wall time | throughput | CPU time | MB per CPU second "
+        "| peak memory (tree) | largest process |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         lines.append(
             f"| {run.tokenizer} | {run.meta['vocab_size']:,} | {run.meta['splits']['train']['tokens']:,} | "
-            f"{run.seconds:.1f} s | **{corpus_bytes / 1e6 / run.seconds:.1f} MB/s** | "
+            f"{run.seconds:.1f} s | **{corpus_bytes / 1e6 / run.seconds:.1f} MB/s** | {run.cpu_seconds:.1f} s | "
+            f"{corpus_bytes / 1e6 / run.cpu_seconds:.1f} | "
             f"{run.peak_tree_bytes / 2**20:,.0f} MiB | {run.peak_process_bytes / 2**20:,.0f} MiB |")
     lines += ["", "Machine:", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()]
@@ -160,13 +167,13 @@ def main() -> None:
         if shutil.disk_usage(work).free < 5 * size:  # the corpus, and up to twice its size in token ids
             sys.exit(f"{work}: needs {5 * size / 1e9:.0f} GB free")
         corpus_bytes = build_corpus(args.corpus, work / "corpus.txt", size)
-        info = machine()
+        load = os.getloadavg()
         runs = []
         for tokenizer in args.tokenizers:
             runs.append(run_prepare(work / "corpus.txt", work / tokenizer, tokenizer))
             shutil.rmtree(work / tokenizer)
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report(runs, corpus_bytes, args.corpus, info, sys.argv), encoding="utf-8")
+        args.output.write_text(report(runs, corpus_bytes, args.corpus, machine(load), sys.argv), encoding="utf-8")
         print(args.output.read_text(encoding="utf-8"))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -43,11 +43,11 @@ EncodingErrorsOption = Annotated[Literal["strict", "replace"], typer.Option(
 TokenizerOption = Annotated[Optional[Literal["char", "word", "bpe", "unigram"]], typer.Option(
     "--tokenizer", show_default=False,
     help="Tokenizer, built from the training text: char (Unicode characters), word (whitespace words), bpe or unigram "
-    "(sentencepiece subwords with byte fallback). [default: char; word for the catalogue corpus ptb]")]
+    "(sentencepiece subwords with byte fallback) (default: char; word for the catalogue corpus ptb).")]
 VocabSizeOption = Annotated[Optional[int], typer.Option(
     "--vocab-size", min=3, show_default=False,
-    help="Vocabulary size, end-of-line and unknown tokens included (word, bpe, unigram). "
-    "[default: word: every training word; bpe, unigram: 8000]")]
+    help="Vocabulary size, end-of-line and unknown tokens included (word, bpe, unigram) "
+    "(default: every training word for word, 8000 for bpe and unigram).")]
 MinCountOption = Annotated[int, typer.Option(
     "--min-count", min=1, help="Word tokenizer: keep only words seen at least this often in the training text.")]
 SubwordAlphaOption = Annotated[float, typer.Option(

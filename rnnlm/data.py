@@ -5,9 +5,11 @@ token-id file per split (`train.bin`, `valid.bin`, `test.bin`; uint16 when the v
 fits, else uint32), plus `train-sample-K.bin` files under subword regularisation.
 
 Nothing holds the corpus in memory: every pass streams it in chunks that end on line
-boundaries. There are three passes: a byte scan counting lines, one over the training
-text that builds the tokenizer, and one that encodes every split and writes its ids.
-Large corpora are tokenized by several worker processes, chunks kept in order.
+boundaries. A byte scan counts the lines first. Then char, bpe and unigram read the
+training text once to build the tokenizer and the whole text once more to encode it;
+word does both in a single pass (numbering words as they come, renumbering once the
+counts give the vocabulary), which halves its work. Subword encoding of a large corpus
+is shared out to worker processes, chunks kept in order.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from rnnlm.tokenizers import (
     TOKENIZER_KINDS,
     Tokenizer,
     TokenizerSettings,
+    WordNumbering,
+    WordTokenizer,
     count_words,
     load_tokenizer,
     save_tokenizer,
@@ -56,6 +60,7 @@ from rnnlm.tokenizers import (
 SPLITS = ("train", "valid", "test")
 PREPARED_MARKER = "meta.json"
 PARALLEL_MIN_BYTES = 64 << 20  # smaller corpora are tokenized in this process: workers take a second to start
+RENUMBER_BLOCK = 1 << 20  # token ids renumbered at a time
 SUBWORD_SAMPLE_BYTES = 32 << 20  # about this much training text is sampled for bpe/unigram (bounds memory)
 
 
@@ -385,9 +390,10 @@ def prepare(sources: Sequence[str], output: Path, options: PrepareOptions,
             check_readable_file(Path(source))
     names = [_display_name(s) for s in sources]
     with atomic_directory(output, (PREPARED_MARKER,)) as building, _spooled_stdin(sources) as sources:
-        corpus_bytes = _source_bytes([*sources, *filter(None, [options.valid, options.test])])
+        source_bytes = _source_bytes(sources)
+        corpus_bytes = source_bytes + _source_bytes([f for f in (options.valid, options.test) if f])
         reporter.start(corpus_bytes)
-        reporter.phase("counting lines", _source_bytes(sources))
+        reporter.phase("counting lines", source_bytes)
         total_lines = count_lines(sources, reporter.advance)
         if total_lines == 0:
             raise UserError(f"{', '.join(names)}: is empty")
@@ -400,25 +406,30 @@ def prepare(sources: Sequence[str], output: Path, options: PrepareOptions,
 
         if not any(text.strip("\n") for text in training_text()):
             raise UserError(f"{', '.join(names)}: the training text is empty")
-        # characters are encoded faster than they are handed to another process: char stays in this one
-        parallel = corpus_bytes >= PARALLEL_MIN_BYTES and worker_count() > 1 and options.tokenizer != "char"
-        settings = TokenizerSettings(options.vocab_size, options.min_count,
-                                     max(1, SUBWORD_SAMPLE_BYTES * total_lines // max(1, _source_bytes(sources))))
-        train_bytes = _source_bytes(sources) * (ranges["train"][1] / total_lines if ranges else 1)
-        reporter.phase(f"building the {options.tokenizer} vocabulary", int(train_bytes))
-        tokenizer = train_tokenizer(options.tokenizer, training_text(reporter.advance), settings,
-                                    parallel_map if parallel else map)
-        dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-        reporter.phase("encoding", corpus_bytes)
-        counts, sample_tokens = _encode_splits(iter_split_text(sources, options, ranges, reporter.advance),
-                                               tokenizer, dtype, options, building, parallel)
+        # subword encoding is slow enough to share out; char and word are about as fast as chunks
+        # could be handed to another process, so they stay in this one
+        parallel = corpus_bytes >= PARALLEL_MIN_BYTES and worker_count() > 1 and options.tokenizer in SUBWORD_KINDS
+        sample_lines = max(1, SUBWORD_SAMPLE_BYTES * total_lines // max(1, source_bytes))  # about that many bytes
+        settings = TokenizerSettings(options.vocab_size, options.min_count, sample_lines)
+        sample_tokens: list[int] = []
+        if options.tokenizer == "word":
+            reporter.phase("counting and encoding words", corpus_bytes)
+            tokenizer, counts = _encode_words(iter_split_text(sources, options, ranges, reporter.advance), settings,
+                                              building)
+        else:
+            train_share = ranges["train"][1] / total_lines if ranges else 1.0
+            reporter.phase(f"building the {options.tokenizer} vocabulary", int(source_bytes * train_share))
+            tokenizer = train_tokenizer(options.tokenizer, training_text(reporter.advance), settings)
+            reporter.phase("encoding", corpus_bytes)
+            counts, sample_tokens = _encode_splits(iter_split_text(sources, options, ranges, reporter.advance),
+                                                   tokenizer, options, building, parallel_map if parallel else map)
         save_tokenizer(tokenizer, building / "tokenizer.json")
         meta = {
             "format": "rnnlm-prepared",
             "version": 1,
             "tokenizer": tokenizer.kind,
             "vocab_size": tokenizer.vocab_size,
-            "dtype": np.dtype(dtype).name,
+            "dtype": np.dtype(id_dtype(tokenizer)).name,
             "sources": names,
             "options": options.cache_fields(),
             "splits": {name: c.to_dict() for name, c in counts.items()},
@@ -429,27 +440,69 @@ def prepare(sources: Sequence[str], output: Path, options: PrepareOptions,
     return load_prepared(output)
 
 
+def id_dtype(tokenizer: Tokenizer) -> type:
+    """The narrowest type of the token-id files that holds every id."""
+    return np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+
+
 def _sample_path(directory: Path, k: int) -> Path:
     return directory / f"train-sample-{k}.bin"
 
 
-def _encode_splits(chunks: Iterator[tuple[str, str]], tokenizer: Tokenizer, dtype: type, options: PrepareOptions,
-                   directory: Path, parallel: bool) -> tuple[dict[str, TextCounts], list[int]]:
+def _encode_splits(chunks: Iterator[tuple[str, str]], tokenizer: Tokenizer, options: PrepareOptions,
+                   directory: Path, mapper: Callable[..., Iterator[Any]]) -> tuple[dict[str, TextCounts], list[int]]:
     """Write each split's ids (and the training samples) as they come; their counts."""
     samples = options.sample_count
     counts = {name: TextCounts() for name in SPLITS}
     sample_tokens = [0] * samples
-    encode = partial(encode_chunk, tokenizer, dtype, options.subword_alpha, samples)
+    encode = partial(encode_chunk, tokenizer, id_dtype(tokenizer), options.subword_alpha, samples)
     with ExitStack() as stack:
         files = {name: stack.enter_context((directory / f"{name}.bin").open("wb")) for name in SPLITS}
         sample_files = [stack.enter_context(_sample_path(directory, k).open("wb")) for k in range(1, samples + 1)]
-        for chunk in (parallel_map if parallel else map)(encode, chunks):
+        for chunk in mapper(encode, chunks):
             counts[chunk.split].add(chunk.counts)
             chunk.ids.tofile(files[chunk.split])
             for k, ids in enumerate(chunk.samples):
                 ids.tofile(sample_files[k])
                 sample_tokens[k] += len(ids)
     return counts, sample_tokens
+
+
+def _encode_words(chunks: Iterator[tuple[str, str]], settings: TokenizerSettings,
+                  directory: Path) -> tuple[WordTokenizer, dict[str, TextCounts]]:
+    """The word tokenizer and every split's ids, from one pass over the text.
+
+    Words are numbered as they come (`WordNumbering`) and the numbers written to temporary
+    files while the training counts add up; the counts give the vocabulary, and a vectorised
+    pass turns numbers into token ids. Half the work of counting, then encoding.
+    """
+    numbering = WordNumbering()
+    train_counts = np.zeros(1, dtype=np.int64)  # by word number; 0 is end-of-line
+    counts = {name: TextCounts() for name in SPLITS}
+    numbered = {name: directory / f".{name}.numbers" for name in SPLITS}
+    with ExitStack() as stack:
+        files = {name: stack.enter_context(path.open("wb")) for name, path in numbered.items()}
+        for split, text in chunks:
+            numbers = numbering(text)
+            numbers.tofile(files[split])
+            counts[split].add_text(text)
+            counts[split].tokens += len(numbers)
+            if split == "train":
+                chunk_counts = np.bincount(numbers, minlength=len(train_counts))
+                train_counts = np.pad(train_counts, (0, len(chunk_counts) - len(train_counts))) + chunk_counts
+    words = numbering.words
+    train_counts = np.pad(train_counts, (0, len(words) + 1 - len(train_counts)))  # words seen only in valid/test: 0
+    tokenizer = WordTokenizer.from_counts(dict(zip(words, train_counts[1:].tolist())), settings)
+    token_id = np.concatenate(([tokenizer.eol_id], tokenizer.encode(" ".join(words))))  # by word number
+    dtype = id_dtype(tokenizer)
+    for name, path in numbered.items():
+        with path.open("rb") as numbers, (directory / f"{name}.bin").open("wb") as out:
+            while len(block := np.fromfile(numbers, dtype=np.uint32, count=RENUMBER_BLOCK)):
+                ids = token_id[block]
+                counts[name].oov += int(np.count_nonzero(ids == tokenizer.unk_id))
+                ids.astype(dtype).tofile(out)
+        path.unlink()
+    return tokenizer, counts
 
 
 class _spooled_stdin:

@@ -6,8 +6,8 @@ models. Decoding gives back the exact text (words: the whitespace-normalised tex
 word and character counts, and with them per-word perplexity and bits per character,
 mean the same for every tokenizer. Tokenizers are saved as JSON, never pickled.
 
-Training reads the text as chunks that end on line boundaries; `map_chunks` (the builtin
-`map` or a parallel equivalent) computes the per-chunk statistics of char and word.
+Training reads the text as chunks that end on line boundaries, so a corpus need not fit
+in memory.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
@@ -35,9 +35,6 @@ DEFAULT_SUBWORD_VOCAB = 8000
 # sentencepiece's names for its end-of-line and unknown pieces: it leaves text spelling a reserved
 # name out of training, so they must not be words that corpora contain (PTB's `<unk>`)
 _SP_EOL, _SP_UNK = "<rnnlm:eol>", "<rnnlm:unk>"
-
-ChunkMap = Callable[[Callable[[str], Any], Iterable[str]], Iterator[Any]]
-
 
 class Tokenizer(Protocol):
     """What scoring, generation and prepare need from every tokenizer."""
@@ -99,6 +96,14 @@ def count_words(text: str) -> int:
     return int(np.count_nonzero(_word_start_mask(text)))
 
 
+def _insert_end_of_lines(text: str, word_ids: np.ndarray, eol_id: int) -> np.ndarray:
+    """The ids of the words of `text` with `eol_id` after each line's words, where its newlines are."""
+    if "\n" not in text:
+        return word_ids
+    newlines = np.flatnonzero(codepoints(text) == ord("\n"))
+    return np.insert(word_ids, np.searchsorted(np.flatnonzero(_word_start_mask(text)), newlines), eol_id)
+
+
 def _join_lines(lines: list[list[int]], eol_id: int) -> np.ndarray:
     """The ids of each line in turn, with an end-of-line id between consecutive lines."""
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
@@ -108,11 +113,6 @@ def _join_lines(lines: list[list[int]], eol_id: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------
 # Characters
-
-
-def distinct_characters(text: str) -> str:
-    """The characters of `text`, each once (a chunk statistic of the char tokenizer)."""
-    return "".join(map(chr, np.flatnonzero(np.bincount(codepoints(text)))))
 
 
 class CharTokenizer:
@@ -139,12 +139,11 @@ class CharTokenizer:
         self._lookup[ord("\n")] = self.eol_id
 
     @classmethod
-    def train(cls, texts: Iterable[str], settings: TokenizerSettings = DEFAULT_SETTINGS,
-              map_chunks: ChunkMap = map) -> CharTokenizer:
-        chars: set[str] = set()
-        for found in map_chunks(distinct_characters, texts):
-            chars.update(found)
-        return cls(chars)
+    def train(cls, texts: Iterable[str], settings: TokenizerSettings = DEFAULT_SETTINGS) -> CharTokenizer:
+        points: set[int] = set()
+        for text in texts:
+            points.update(np.flatnonzero(np.bincount(codepoints(text))).tolist())
+        return cls(map(chr, points))
 
     @property
     def vocab_size(self) -> int:
@@ -180,9 +179,28 @@ class CharTokenizer:
 # Words
 
 
-def word_counts(text: str) -> Counter[str]:
-    """How often each whitespace word occurs in `text` (a chunk statistic of the word tokenizer)."""
-    return Counter(text.split())
+class WordNumbering:
+    """Numbers for whitespace words in order of first appearance, kept across the texts given.
+
+    `prepare` counts and encodes words in one pass with it: numbers as the text comes, token
+    ids once the counts have made the vocabulary.
+    """
+
+    def __init__(self) -> None:
+        self.numbers: dict[str, int] = {}
+
+    @property
+    def words(self) -> list[str]:
+        """The words numbered so far, in the order of their numbers."""
+        return list(self.numbers)
+
+    def __call__(self, text: str) -> np.ndarray:
+        """`text` as word numbers (from 1), with 0 after each line's words."""
+        words = text.split()
+        numbers = np.fromiter(map(self.numbers.get, words, repeat(0)), dtype=np.uint32, count=len(words))
+        for position in np.flatnonzero(numbers == 0).tolist():  # words not seen before
+            numbers[position] = self.numbers.setdefault(words[position], len(self.numbers) + 1)
+        return _insert_end_of_lines(text, numbers, 0)
 
 
 class WordTokenizer:
@@ -207,13 +225,17 @@ class WordTokenizer:
         self._pieces = [EOL, UNK, *self.words]
 
     @classmethod
-    def train(cls, texts: Iterable[str], settings: TokenizerSettings = DEFAULT_SETTINGS,
-              map_chunks: ChunkMap = map) -> WordTokenizer:
+    def train(cls, texts: Iterable[str], settings: TokenizerSettings = DEFAULT_SETTINGS) -> WordTokenizer:
         counts: Counter[str] = Counter()
-        for chunk_counts in map_chunks(word_counts, texts):
-            counts.update(chunk_counts)
-        counts.pop(UNK, None)  # the unknown token has its own id
-        ranked = sorted((w for w, c in counts.items() if c >= settings.min_count), key=lambda w: (-counts[w], w))
+        for text in texts:
+            counts.update(text.split())
+        return cls.from_counts(counts, settings)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], settings: TokenizerSettings = DEFAULT_SETTINGS) -> WordTokenizer:
+        """The vocabulary of words counted in the training text: a literal `<unk>` is the unknown token."""
+        kept = [w for w, c in counts.items() if c >= settings.min_count and w != UNK]
+        ranked = sorted(kept, key=lambda w: (-counts[w], w))
         if settings.vocab_size is not None:
             ranked = ranked[: max(0, settings.vocab_size - 2)]
         return cls(ranked)
@@ -226,11 +248,7 @@ class WordTokenizer:
         """Word ids of `text`; each newline becomes the end-of-line id, after its line's words."""
         words = text.split()
         ids = np.fromiter(map(self._index.get, words, repeat(self.unk_id)), dtype=np.int64, count=len(words))
-        if "\n" not in text:
-            return ids
-        newlines = np.flatnonzero(codepoints(text) == ord("\n"))
-        words_before_newline = np.searchsorted(np.flatnonzero(_word_start_mask(text)), newlines)
-        return np.insert(ids, words_before_newline, self.eol_id)
+        return _insert_end_of_lines(text, ids, self.eol_id)
 
     def decode(self, ids: Iterable[int]) -> str:
         pieces = self._pieces
@@ -302,8 +320,7 @@ class SentencePieceTokenizer:
         return piece.replace(SPACE_SYMBOL, " ").encode()
 
     @classmethod
-    def train(cls, texts: Iterable[str], settings: TokenizerSettings = DEFAULT_SETTINGS,
-              map_chunks: ChunkMap = map) -> SentencePieceTokenizer:
+    def train(cls, texts: Iterable[str], settings: TokenizerSettings = DEFAULT_SETTINGS) -> SentencePieceTokenizer:
         """Train on the lines of `texts`; sentencepiece samples `settings.sample_lines` of them itself."""
         import sentencepiece
 
@@ -385,12 +402,11 @@ TOKENIZER_KINDS: dict[str, Any] = {
 SUBWORD_KINDS = ("bpe", "unigram")
 
 
-def train_tokenizer(kind: str, texts: Iterable[str], settings: TokenizerSettings = DEFAULT_SETTINGS,
-                    map_chunks: ChunkMap = map) -> Tokenizer:
+def train_tokenizer(kind: str, texts: Iterable[str], settings: TokenizerSettings = DEFAULT_SETTINGS) -> Tokenizer:
     """Build a tokenizer of `kind` from text chunks that each end with a newline."""
     if kind not in TOKENIZER_KINDS:
         raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
-    return TOKENIZER_KINDS[kind].train(texts, settings, map_chunks)
+    return TOKENIZER_KINDS[kind].train(texts, settings)
 
 
 def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:

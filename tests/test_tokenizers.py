@@ -363,7 +363,29 @@ def test_standard_input_through_the_command_line(tmp_path: Path) -> None:
     assert re.search(r"prepared [\d.,]+ MB of text in [\d.,]+ s \([\d.,]+ MB/s\)", result.stderr), result
 
 
-@pytest.mark.parametrize("kind, alpha", [("word", 0.0), ("bpe", 0.2)])
+@pytest.mark.parametrize("kind", list(TOKENIZER_KINDS))
+def test_chunked_reading_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Words numbered across many chunks, and validation/test words never seen in training."""
+    import rnnlm.fileio
+
+    corpus = tmp_path / "corpus.txt"
+    training, test_line = make_corpus(400, seed=6), "only in the test part: zebra ✓"
+    corpus.write_text(training + (test_line + "\n") * 5, encoding="utf-8")
+    options = PrepareOptions(tokenizer=kind, vocab_size=SUBWORD_VOCAB if kind in ("bpe", "unigram") else None,
+                             valid_fraction=0.1, test_fraction=0.01)
+    whole = prepare([str(corpus)], tmp_path / "whole", options)
+    monkeypatch.setattr(rnnlm.fileio.iter_text_chunks, "__defaults__", ("strict", 256))
+    chunked = prepare([str(corpus)], tmp_path / "chunked", options)
+    assert chunked.meta["splits"] == whole.meta["splits"]
+    assert chunked.tokenizer.to_dict() == whole.tokenizer.to_dict()
+    for split in ("train", "valid", "test"):
+        assert split_ids(chunked, split) == split_ids(whole, split)
+    unseen = {"char": [c for c in test_line if c not in training], "word": [w for w in test_line.split()
+                                                                         if w not in training.split()]}
+    assert whole.meta["splits"]["test"]["oov"] == 5 * len(unseen.get(kind, []))
+
+
+@pytest.mark.parametrize("kind, alpha", [("bpe", 0.0), ("unigram", 0.3)])
 def test_worker_processes_write_what_one_process_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         kind: str, alpha: float) -> None:
     import rnnlm.data
@@ -371,8 +393,8 @@ def test_worker_processes_write_what_one_process_writes(tmp_path: Path, monkeypa
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(make_corpus(2000, seed=5), encoding="utf-8")
-    options = PrepareOptions(tokenizer=kind, vocab_size=SUBWORD_VOCAB if kind == "bpe" else None,
-                             subword_alpha=alpha, subword_samples=2, valid_fraction=0.1, test_fraction=0.1)
+    options = PrepareOptions(tokenizer=kind, vocab_size=SUBWORD_VOCAB, subword_alpha=alpha, subword_samples=2,
+                             valid_fraction=0.1, test_fraction=0.1)
     monkeypatch.setattr(rnnlm.fileio, "CHUNK_BYTES", 4096)  # many chunks
     one = prepare([str(corpus)], tmp_path / "one", options)
     monkeypatch.setattr(rnnlm.data, "PARALLEL_MIN_BYTES", 0)
