@@ -249,7 +249,7 @@ def sample(
 
     from rnnlm.checkpoint import load_model
     from rnnlm.config import fresh_random_seed
-    from rnnlm.generate import generate, unseen_characters
+    from rnnlm.generate import generate, unseen_text
     from rnnlm.train import resolve_device
 
     config = SamplingConfig(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, length=length,
@@ -262,9 +262,9 @@ def sample(
     except UnicodeEncodeError:
         raise UserError("--seed is not valid UTF-8") from None
     loaded = load_model(model, str(resolve_device(device)))
-    unseen = unseen_characters(loaded.tokenizer, seed)
+    unseen = unseen_text(loaded.tokenizer, seed)
     if unseen:
-        typer.echo(f"rnnlm: warning: the model has not seen {''.join(unseen)!r} in training; "
+        typer.echo(f"rnnlm: warning: the model has not seen {unseen!r} in training; "
                    "the seed uses the unknown token for them", err=True)
     out = sys.stdout
     if output_format == "jsonl":

@@ -54,20 +54,27 @@ class Continuations:
 
     The whole token list is decoded each time, which any tokenizer can do (even one whose
     pieces do not decode on their own), and only when stop strings or streaming need the text.
+    Tokens are decoded after the seed's last token, so that what joins them to the seed (the
+    space before a word, for a word tokenizer) is part of the continuation.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str], stream: bool) -> None:
+    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str], stream: bool, context_token: int) -> None:
         self.tokenizer = tokenizer
         self.stops = stops
         self.longest_stop = max(map(len, stops), default=0)
         self.decode_each_step = stream or bool(stops)
+        self.context_token = context_token
+        self.context_length = len(tokenizer.decode([context_token]))
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode([self.context_token, *tokens])[self.context_length:]
 
     def extend(self, hypothesis: Hypothesis, token: int, logprob: float) -> Hypothesis:
         tokens = (*hypothesis.tokens, token)
         total = hypothesis.logprob + logprob
         if not self.decode_each_step:
             return Hypothesis(tokens, total)
-        text = self.tokenizer.decode(tokens)
+        text = self.decode(tokens)
         start = max(0, len(hypothesis.text) - self.longest_stop + 1)  # a new match ends in the new text
         ends = [at + len(stop) for stop in self.stops if (at := text.find(stop, start)) >= 0]
         if ends:
@@ -75,7 +82,7 @@ class Continuations:
         return Hypothesis(tokens, total, text)
 
     def sample(self, hypothesis: Hypothesis, length_penalty: float) -> Sample:
-        text = hypothesis.text if self.decode_each_step else self.tokenizer.decode(hypothesis.tokens)
+        text = hypothesis.text if self.decode_each_step else self.decode(hypothesis.tokens)
         score = length_normalised(hypothesis.logprob, len(hypothesis.tokens), length_penalty)
         return Sample(text, list(hypothesis.tokens), hypothesis.logprob, score, hypothesis.stopped)
 
@@ -100,21 +107,21 @@ def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_
     return probs
 
 
-def prime(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str) -> tuple[torch.Tensor, State]:
-    """Run the end-of-line context and the seed through the model: last logits and state."""
+def prime(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str) -> tuple[torch.Tensor, State, int]:
+    """Run the end-of-line context and the seed through the model: last logits, state and token."""
     ids = np.concatenate([[tokenizer.eol_id], tokenizer.encode(seed_text)]).astype(np.int64)
     device = model.embedding.weight.device
     logits, state = model(torch.from_numpy(ids)[None].to(device))
-    return logits[:, -1], state
+    return logits[:, -1], state, int(ids[-1])
 
 
-def unseen_characters(tokenizer: Tokenizer, text: str) -> list[str]:
-    """Characters of `text` that the tokenizer maps to the unknown token, each once."""
-    seen: dict[str, None] = {}
-    for char in text:
-        if char != "\n" and tokenizer.unk_id in tokenizer.encode(char):
-            seen[char] = None
-    return list(seen)
+def unseen_text(tokenizer: Tokenizer, text: str) -> str:
+    """The characters (words, for a word tokenizer) of `text` that map to the unknown token, each
+    once, for a warning; empty when the tokenizer knows them all."""
+    words = tokenizer.kind == "word"
+    units = text.split() if words else text.replace("\n", "")
+    unseen = dict.fromkeys(unit for unit in units if tokenizer.unk_id in tokenizer.encode(unit))
+    return (" " if words else "").join(unseen)
 
 
 @torch.inference_mode()
@@ -126,8 +133,8 @@ def generate(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str, conf
     """
     config.validate()
     model.eval()
-    logits, state = prime(model, tokenizer, seed_text)
-    continuations = Continuations(tokenizer, config.stop_strings, stream=on_text is not None)
+    logits, state, last_token = prime(model, tokenizer, seed_text)
+    continuations = Continuations(tokenizer, config.stop_strings, stream=on_text is not None, context_token=last_token)
     with _onednn_off():
         if config.strategy == "beam":
             hypotheses = _beam_search(model, logits, state, config, continuations)

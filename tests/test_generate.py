@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from rnnlm.cli import app
 from rnnlm.config import SamplingConfig
-from rnnlm.generate import Sample, generate, length_normalised, next_token_distribution
+from rnnlm.generate import Sample, generate, length_normalised, next_token_distribution, unseen_text
+from rnnlm.model import ModelConfig, RNNLanguageModel
 
 SEEDS = ["", "the ", "a cat sat", "日本 🙂 "]
 
@@ -322,3 +323,16 @@ def test_cli_seed_of_unseen_characters_warns_once_and_samples(trained) -> None:
     assert result.stderr.count("warning") == 1 and "✓☃" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert result.stdout.startswith("✓☃✓") and len(result.stdout) >= 23
+
+
+def test_word_model_continuation_joins_the_seed_with_a_space_and_warns_about_unknown_words() -> None:
+    from rnnlm.tokenizers import train_tokenizer
+
+    tokenizer = train_tokenizer("word", ["the cat sat on the mat\nthe dog ran\n"])
+    torch.manual_seed(0)
+    model = RNNLanguageModel(ModelConfig(tokenizer.vocab_size, "lstm", 1, 8, 8, 0.0, tie=False)).eval()
+    [sample] = generate(model, tokenizer, "the cat", SamplingConfig(strategy="greedy", length=5))
+    seed_ids = tokenizer.encode("the cat").tolist()
+    assert tokenizer.encode("the cat" + sample.text).tolist() == seed_ids + sample.tokens  # nothing glued together
+    assert sample.text[0] in " \n"
+    assert unseen_text(tokenizer, "the zebra and the cat") == "zebra and"

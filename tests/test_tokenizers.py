@@ -374,7 +374,7 @@ def test_chunked_reading_changes_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     options = PrepareOptions(tokenizer=kind, vocab_size=SUBWORD_VOCAB if kind in ("bpe", "unigram") else None,
                              valid_fraction=0.1, test_fraction=0.01)
     whole = prepare([str(corpus)], tmp_path / "whole", options)
-    monkeypatch.setattr(rnnlm.fileio.iter_text_chunks, "__defaults__", ("strict", 256))
+    monkeypatch.setattr(rnnlm.fileio, "CHUNK_BYTES", 256)
     chunked = prepare([str(corpus)], tmp_path / "chunked", options)
     assert chunked.meta["splits"] == whole.meta["splits"]
     assert chunked.tokenizer.to_dict() == whole.tokenizer.to_dict()
