@@ -188,6 +188,26 @@ SNAPSHOT_EVERY = 100  # steps between in-memory snapshots
 MAX_ROLLBACKS_IN_A_ROW = 5
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: Tensor,
+               y: Tensor, carried: State | None, clip: float, amp_dtype: torch.dtype | None) -> tuple[float, bool, State]:
+    """One teacher-forced step: the loss, whether it and the gradient were finite (the step is
+    applied only then), and the recurrent state to carry, detached."""
+    with autocast(x.device, amp_dtype):
+        logits, carried = model(x, carried)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf)
+    loss_value, norm_value = torch.stack([loss.detach(), norm.detach().float()]).tolist()
+    # fp16's loss scaling makes some gradients overflow on purpose; the scaler skips those steps
+    finite = math.isfinite(loss_value) and (math.isfinite(norm_value) or scaler.is_enabled())
+    if finite:
+        scaler.step(optimizer)
+        scaler.update()
+    return loss_value, finite, detach_state(carried)
+
+
 @contextmanager
 def deferred_interrupts() -> Iterator[Callable[[], bool]]:
     """Ctrl-C raises a flag that the loop checks between steps, so it can save a consistent checkpoint.
@@ -387,20 +407,8 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
                 group["lr"] = learning_rate(config, run.step, progress(), run.lr_scale)
             x = torch.from_numpy(inputs).to(device, non_blocking=True)
             y = torch.from_numpy(targets).to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
-                logits, carried = trainer(x, carried)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip or math.inf)
-            loss_value, norm_value = torch.stack([loss.detach(), norm.detach().float()]).tolist()
-            # fp16's loss scaling makes some gradients overflow on purpose; the scaler skips those steps
-            finite = math.isfinite(loss_value) and (math.isfinite(norm_value) or scaler.is_enabled())
+            loss_value, finite, carried = train_step(trainer, optimizer, scaler, x, y, carried, config.clip, amp_dtype)
             if finite:
-                scaler.step(optimizer)
-                scaler.update()
-                carried = detach_state(carried)
                 run.step += 1
                 run.tokens += y.numel() * dist.world_size
                 run.window_loss += loss_value
