@@ -1,8 +1,11 @@
 """The training loop: teacher forcing over stateful TBPTT batches, validation, and the best model kept.
 
 Reads top to bottom: settings, the precision and device choice, the learning-rate
-schedule, then `train`, which runs steps until the epochs or the wall-clock budget are
-spent, evaluates every so often, and keeps the weights with the lowest validation loss.
+schedule, the pieces of a robust run (the torchrun context, the resumable run state, the
+in-memory snapshot rolled back to after a non-finite step, Ctrl-C deferred to a step
+boundary), one training step, then `train`, which runs steps until the epochs or the
+wall-clock budget are spent, evaluates every so often, keeps the weights with the lowest
+validation loss, and writes checkpoints that `train(..., resume=True)` continues from exactly.
 """
 
 from __future__ import annotations
