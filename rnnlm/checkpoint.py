@@ -1,6 +1,7 @@
-"""The model directory: config.json, model.safetensors, tokenizer.json and metrics.jsonl.
+"""The model directory: config.json, model.safetensors, tokenizer.json, metrics.jsonl and checkpoint/.
 
-Nothing in a model directory is pickled. A directory appears whole (built aside, then
+Nothing in a model directory is unpickled: the optimiser state in checkpoint/ is read with
+torch.load(weights_only=True), which accepts only tensors and plain containers. A directory appears whole (built aside, then
 renamed into place) and each later update replaces one file atomically, so a reader
 never sees a half-written model. The most recently trained model is remembered in the
 user's data directory so that `sample`, `score` and `perplexity` need no -m.
@@ -24,6 +25,10 @@ WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 METRICS = "metrics.jsonl"
 MODEL_FORMAT = "rnnlm-model"
+CHECKPOINT = "checkpoint"
+CHECKPOINT_STATE = "state.json"
+CHECKPOINT_TENSORS = "rng.safetensors"
+CHECKPOINT_OPTIMIZER = "optimizer.pt"
 
 
 @dataclass
@@ -60,6 +65,61 @@ def save_weights(directory: Path, model: RNNLanguageModel, metadata: dict[str, s
 def append_metrics(directory: Path, record: dict[str, Any]) -> None:
     with (directory / METRICS).open("a", encoding="utf-8") as stream:
         stream.write(json.dumps(record) + "\n")
+
+
+def keep_metrics_until(directory: Path, step: int) -> None:
+    """Drop the records of evaluations after `step` (a resumed run repeats those steps)."""
+    kept = [record for record in read_metrics(directory) if record["step"] <= step]
+    write_text_atomic(directory / METRICS, "".join(json.dumps(record) + "\n" for record in kept))
+
+
+@dataclass
+class Checkpoint:
+    """Everything a run needs to continue exactly where it stopped."""
+
+    weights: dict[str, Any]
+    optimizer: dict[str, Any]
+    state: dict[str, Any]
+    tensors: dict[str, Any]  # random generator states and the recurrent state carried across batches
+
+
+def save_checkpoint(directory: Path, model: RNNLanguageModel, optimizer_state: dict[str, Any], state: dict[str, Any],
+                    tensors: dict[str, Any]) -> None:
+    """Write checkpoint/ aside and swap it in, so a kill at any moment leaves the previous one whole."""
+    import io
+
+    import torch
+    from safetensors.torch import save
+
+    buffer = io.BytesIO()
+    torch.save(optimizer_state, buffer)
+    with atomic_directory(directory / CHECKPOINT, (CHECKPOINT_STATE,)) as building:
+        write_bytes_atomic(building / WEIGHTS, weights_bytes(model, {"step": str(state["step"])}))
+        write_bytes_atomic(building / CHECKPOINT_OPTIMIZER, buffer.getvalue())
+        write_bytes_atomic(building / CHECKPOINT_TENSORS, save({k: v.contiguous() for k, v in tensors.items()}))
+        write_text_atomic(building / CHECKPOINT_STATE, json.dumps(state, indent=2) + "\n")
+
+
+def load_checkpoint(directory: Path, device: str) -> Checkpoint:
+    """The checkpoint of a model directory (or the one kept aside, if a kill came mid-swap)."""
+    import torch
+    from safetensors.torch import load
+
+    path = directory / CHECKPOINT
+    if not (path / CHECKPOINT_STATE).exists():
+        path = directory / f".{CHECKPOINT}.old"  # replace_directory had moved it aside when it was killed
+    if not (path / CHECKPOINT_STATE).exists():
+        raise UserError(f"{directory}: no checkpoint to resume from")
+    try:
+        return Checkpoint(
+            weights=load((path / WEIGHTS).read_bytes()),
+            optimizer=torch.load(path / CHECKPOINT_OPTIMIZER, map_location=device, weights_only=True),
+            state=json.loads((path / CHECKPOINT_STATE).read_text(encoding="utf-8")),
+            tensors=load((path / CHECKPOINT_TENSORS).read_bytes()),
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{path}: corrupt checkpoint ({message})") from None
 
 
 def read_metrics(directory: Path) -> list[dict[str, Any]]:

@@ -156,7 +156,8 @@ def _prepare_options(corpus: list[str], tokenizer: Optional[str], vocab_size: Op
 
 @app.command()
 def train(
-    corpus: Annotated[list[str], typer.Argument(help="Text file(s) or directories of them, a catalogue name (alice, tinyshakespeare, ptb, ptb-char), or a directory made by 'rnnlm prepare'.", show_default=False)],
+    ctx: typer.Context,
+    corpus: Annotated[Optional[list[str]], typer.Argument(help="Text file(s) or directories of them, a catalogue name (alice, tinyshakespeare, ptb, ptb-char), or a directory made by 'rnnlm prepare' (not with --resume).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory (default: models/NAME-CELL-TIME).")] = None,
     cell: Annotated[Literal["lstm", "gru", "rnn_tanh", "rnn_relu"], typer.Option(help="Recurrent cell.")] = "lstm",
     layers: Annotated[int, typer.Option(min=1, help="Recurrent layers.")] = 2,
@@ -165,17 +166,21 @@ def train(
     dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on embeddings, between layers and on outputs (default: chosen from the corpus size).")] = None,
     tie: Annotated[Optional[bool], typer.Option("--tie/--no-tie", help="Share the embedding and decoder weights (a projection bridges different sizes) (default: on for word-sized vocabularies).")] = None,
     bptt: Annotated[int, typer.Option(min=1, help="Tokens per truncated back-propagation window.")] = TrainConfig.bptt,
-    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch.")] = TrainConfig.batch_size,
+    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch, shared out among torchrun processes (the global batch).")] = TrainConfig.batch_size,
     optimizer: Annotated[Literal["adamw", "sgd"], typer.Option(help="Optimiser.")] = TrainConfig.optimizer,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = TrainConfig.lr,
     weight_decay: Annotated[float, typer.Option(min=0.0, help="Decoupled weight decay on matrices.")] = TrainConfig.weight_decay,
     clip: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0: off).")] = TrainConfig.clip,
-    schedule: Annotated[Literal["cosine", "constant"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth over the run, or constant.")] = TrainConfig.schedule,
+    schedule: Annotated[Literal["cosine", "constant", "plateau"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth over the run, constant, or plateau (halved after every validation that is not the best).")] = TrainConfig.schedule,
     warmup_steps: Annotated[int, typer.Option(min=0, help="Steps of linear learning-rate warm-up.")] = TrainConfig.warmup_steps,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Passes over the training split (default: as many as --max-time allows).")] = None,
     max_time: Annotated[Optional[str], typer.Option(help="Wall-clock budget such as 90s, 5m, 1h30m (default: 5m when --epochs is not given).")] = None,
     patience: Annotated[int, typer.Option(min=0, help="Stop after this many evaluations without a better validation loss (0: never).")] = TrainConfig.patience or 0,
     eval_interval: Annotated[Optional[str], typer.Option(help="Time between validations, e.g. 30s (default: a twentieth of --max-time, at least 5s; 30s with only --epochs).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between validations, instead of --eval-interval.")] = None,
+    checkpoint_interval: Annotated[str, typer.Option(help="Time between checkpoints (DIR/checkpoint, for --resume).")] = "10m",
+    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between checkpoints, instead of --checkpoint-interval.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run whose model directory this is, from its checkpoint, with its saved settings; only the options that set how long and how often (--epochs, --max-time, --patience, --eval-*, --checkpoint-*) and --device may be given anew.", show_default=False)] = None,
     precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = TrainConfig.precision,
     device: DeviceOption = "auto",
     random_seed: Annotated[int, typer.Option(help="Seed for weights, dropout and batching.")] = TrainConfig.random_seed,
@@ -205,17 +210,55 @@ def train(
     from rnnlm.train import train as train_model
 
     budget = parse_duration(max_time) if max_time is not None else (None if epochs else 300.0)
-    interval = parse_duration(eval_interval, "--eval-interval") if eval_interval is not None else None
+    timing = dict(epochs=epochs, max_time=budget, patience=patience or None, eval_every=eval_every,
+                  eval_interval=parse_duration(eval_interval, "--eval-interval") if eval_interval is not None else None,
+                  checkpoint_interval=parse_duration(checkpoint_interval, "--checkpoint-interval"),
+                  checkpoint_every=checkpoint_every, device=device)
+    if resume is not None:
+        given = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
+        fixed = sorted(given - set(timing) - {"resume"})
+        if fixed:
+            raise UserError(f"--resume continues with the saved settings; {', '.join(name_of(n) for n in fixed)} cannot change")
+        changes = {name: value for name, value in timing.items() if name in given}
+        if "epochs" in given and "max_time" not in given:
+            changes["max_time"] = None  # as for a new run: --epochs alone sets no time budget
+        corpus_data, model_config, config = resumed_settings(resume, changes)
+        train_model(corpus_data, resume, model_config, config, TrainingDisplay(), resume=True)
+        return
+    if not corpus:
+        raise typer.BadParameter("give a corpus to train on, or --resume MODEL_DIR", param_hint="'CORPUS...'")
     options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
                                valid_fraction, test_fraction, encoding_errors)
     corpus_data = open_corpus(*resolve_sources(corpus, options, mirror), PrepareDisplay())
     model_config = default_model_config(corpus_data, cell=cell, layers=layers, embedding_size=embedding_size,
                                         hidden_size=hidden_size, dropout=dropout, tie=tie)
     config = TrainConfig(bptt=bptt, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                         clip=clip, schedule=schedule, warmup_steps=warmup_steps, epochs=epochs, max_time=budget,
-                         patience=patience or None, eval_interval=interval, precision=precision, device=device,
-                         random_seed=random_seed)
+                         clip=clip, schedule=schedule, warmup_steps=warmup_steps, precision=precision,
+                         random_seed=random_seed, **timing)
     train_model(corpus_data, output or default_output_dir(corpus, cell), model_config, config, TrainingDisplay())
+
+
+def name_of(parameter: str) -> str:
+    return "the corpus" if parameter == "corpus" else "--" + parameter.replace("_", "-")
+
+
+def resumed_settings(directory: Path, changes: dict[str, Any]) -> tuple[Any, Any, TrainConfig]:
+    """The corpus, model shape and training settings saved in a model directory, with `changes` applied."""
+    from dataclasses import fields
+
+    from rnnlm.checkpoint import CONFIG
+    from rnnlm.data import load_prepared
+    from rnnlm.model import ModelConfig
+
+    try:
+        saved = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+        known = {f.name for f in fields(TrainConfig)}
+        config = TrainConfig(**{k: v for k, v in saved["training"].items() if k in known} | changes)
+        return load_prepared(Path(saved["corpus"]["directory"])), ModelConfig(**saved["model"]), config
+    except FileNotFoundError as error:
+        raise UserError(f"{directory}: cannot resume ({Path(error.filename).name} is missing)") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{directory}: cannot resume (config.json: {error})") from None
 
 
 @app.command()

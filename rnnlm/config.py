@@ -13,7 +13,7 @@ from rnnlm.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "plateau")
 
 
 @dataclass
@@ -30,6 +30,9 @@ class TrainConfig:
     max_time: float | None = None  # seconds
     patience: int | None = 6  # evaluations without improvement before stopping early
     eval_interval: float | None = None  # seconds between evaluations; None plans about 20 per run
+    eval_every: int | None = None  # steps between evaluations, instead of eval_interval
+    checkpoint_interval: float = 600.0  # seconds between checkpoints
+    checkpoint_every: int | None = None  # steps between checkpoints, instead of checkpoint_interval
     eval_batch_size: int = 32
     precision: str = "auto"
     device: str = "auto"
@@ -43,6 +46,8 @@ class TrainConfig:
             (self.clip >= 0, "--clip must be 0 (off) or positive"),
             (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
             (self.max_time is None or self.max_time > 0, "--max-time must be positive"),
+            (self.eval_every is None or self.eval_every >= 1, "--eval-every must be at least 1"),
+            (self.checkpoint_every is None or self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),

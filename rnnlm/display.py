@@ -28,9 +28,11 @@ class TrainingDisplay:
 
     def start(self, info: dict[str, Any]) -> None:
         budget = f", budget {format_duration(info['max_time'])}" if info["max_time"] else ""
+        processes = f", {info['processes']} processes" if info["processes"] > 1 else ""
+        resumed = f", resuming at step {info['resumed_at']:,}" if info["resumed_at"] is not None else ""
         self.console.print(
             f"training {info['parameters']:,} parameters on {info['train_tokens']:,} tokens "
-            f"({info['device']}, {info['precision']}{budget}) -> {info['output']}"
+            f"({info['device']}, {info['precision']}{processes}{budget}{resumed}) -> {info['output']}"
         )
         if self.live:
             self.progress = Progress(
@@ -67,6 +69,9 @@ class TrainingDisplay:
                 f"{format_duration(record['elapsed_s'])}",
                 highlight=False, soft_wrap=True,
             )
+
+    def event(self, message: str) -> None:
+        self.console.print(message, highlight=False, soft_wrap=True)
 
     def finish(self, result: Any) -> None:
         if self.progress is not None:

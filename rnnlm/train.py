@@ -1,15 +1,23 @@
 """The training loop: teacher forcing over stateful TBPTT batches, validation, and the best model kept.
 
 Reads top to bottom: settings, the precision and device choice, the learning-rate
-schedule, then `train`, which runs steps until the epochs or the wall-clock budget are
-spent, evaluates every so often, and keeps the weights with the lowest validation loss.
+schedule, the pieces of a robust run (the torchrun context, the resumable run state, the
+in-memory snapshot rolled back to after a non-finite step, Ctrl-C deferred to a step
+boundary), one training step, then `train`, which runs steps until the epochs or the
+wall-clock budget are spent, evaluates every so often, keeps the weights with the lowest
+validation loss, and writes checkpoints that `train(..., resume=True)` continues from exactly.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
@@ -17,12 +25,13 @@ from typing import Any, ContextManager, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from rnnlm import checkpoint
 from rnnlm.config import TrainConfig
 from rnnlm.data import PreparedCorpus, stream_batches
 from rnnlm.errors import UserError
-from rnnlm.model import ModelConfig, RNNLanguageModel, count_parameters, detach_state
+from rnnlm.model import ModelConfig, RNNLanguageModel, State, count_parameters, detach_state
 from rnnlm.scoring import stream_nll
 
 
@@ -44,6 +53,7 @@ class Reporter(Protocol):
     def start(self, info: dict[str, Any]) -> None: ...
     def step(self, info: dict[str, Any]) -> None: ...
     def evaluation(self, record: dict[str, Any]) -> None: ...
+    def event(self, message: str) -> None: ...
     def finish(self, result: TrainResult) -> None: ...
 
 
@@ -51,6 +61,7 @@ class SilentReporter:
     def start(self, info: dict[str, Any]) -> None: pass
     def step(self, info: dict[str, Any]) -> None: pass
     def evaluation(self, record: dict[str, Any]) -> None: pass
+    def event(self, message: str) -> None: pass
     def finish(self, result: TrainResult) -> None: pass
 
 
@@ -90,13 +101,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager[
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warm-up, then constant or a cosine decay to a tenth over the planned run."""
+def learning_rate(config: TrainConfig, step: int, progress: float, scale: float) -> float:
+    """Linear warm-up, then constant, plateau-scaled or a cosine decay to a tenth over the planned run.
+
+    `scale` is the product of the halvings so far (by the plateau schedule and by rollbacks).
+    """
     warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    if config.schedule == "constant":
-        return config.lr * warmup
-    decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * warmup * decay
+    decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) if config.schedule == "cosine" else 1.0
+    return config.lr * warmup * decay * scale
 
 
 def make_optimizer(model: RNNLanguageModel, config: TrainConfig) -> torch.optim.Optimizer:
@@ -108,13 +120,150 @@ def make_optimizer(model: RNNLanguageModel, config: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when run on its own)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")  # where collectives run (nccl needs CUDA tensors)
+
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def agree(self, flags: list[bool]) -> list[bool]:
+        """Flags true on any rank, so that decisions taken on the clock are the same everywhere."""
+        if not self.active:
+            return flags
+        tensor = torch.tensor(flags, dtype=torch.int32, device=self.device)
+        torch.distributed.all_reduce(tensor, torch.distributed.ReduceOp.MAX)
+        return [bool(flag) for flag in tensor.tolist()]
+
+    def gather(self, tensor: Tensor, dim: int) -> Tensor:
+        """The tensors of every rank, concatenated along `dim` in rank order."""
+        if not self.active:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim)
+
+
+@dataclass
+class RunState:
+    """The resumable position of a run, saved as the checkpoint's state.json."""
+
+    step: int = 0
+    epoch: int = 1
+    column: int = 0  # the next column of the training stream
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    best_val_loss: float = math.inf
+    evaluations_since_best: int = 0
+    lr_scale: float = 1.0  # halved by each plateau and each rollback
+    rollbacks: int = 0
+    window_loss: float = 0.0  # training loss summed since the last evaluation
+    window_steps: int = 0
+
+
+@dataclass
+class Snapshot:
+    """An in-memory copy of the last good weights and optimiser state, to roll back to."""
+
+    model: dict[str, Tensor]
+    optimizer: dict[str, Any]
+
+    @classmethod
+    def take(cls, model: RNNLanguageModel, optimizer: torch.optim.Optimizer) -> Snapshot:
+        return cls({k: v.detach().clone() for k, v in model.state_dict().items()}, copy.deepcopy(optimizer.state_dict()))
+
+    def restore(self, model: RNNLanguageModel, optimizer: torch.optim.Optimizer) -> None:
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+
+
+SNAPSHOT_EVERY = 100  # steps between in-memory snapshots
+MAX_ROLLBACKS_IN_A_ROW = 5
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: Tensor,
+               y: Tensor, carried: State | None, clip: float, amp_dtype: torch.dtype | None) -> tuple[float, bool, State]:
+    """One teacher-forced step: the loss, whether it and the gradient were finite (the step is
+    applied only then), and the recurrent state to carry, detached."""
+    with autocast(x.device, amp_dtype):
+        logits, carried = model(x, carried)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf)
+    loss_value, norm_value = torch.stack([loss.detach(), norm.detach().float()]).tolist()
+    # fp16's loss scaling makes some gradients overflow on purpose; the scaler skips those steps
+    finite = math.isfinite(loss_value) and (math.isfinite(norm_value) or scaler.is_enabled())
+    if finite:
+        scaler.step(optimizer)
+        scaler.update()
+    return loss_value, finite, detach_state(carried)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C raises a flag that the loop checks between steps, so it can save a consistent checkpoint.
+
+    A second Ctrl-C interrupts at once. Off the main thread (where signals cannot be caught)
+    Ctrl-C behaves as usual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pressed: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def open_tensorboard(directory: Path) -> Any:
+    """A TensorBoard writer under DIRECTORY/tensorboard, or None where tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(directory / "tensorboard"))
+
+
 def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, config: TrainConfig,
-          reporter: Reporter | None = None) -> TrainResult:
+          reporter: Reporter | None = None, resume: bool = False) -> TrainResult:
+    """Train from scratch, or with `resume` continue from the checkpoint in `output`.
+
+    Under torchrun (RANK and WORLD_SIZE set) every process takes its share of the batch rows
+    and DistributedDataParallel averages the gradients; all ranks evaluate, rank 0 writes.
+    """
     config.validate()
+    dist = Distributed.from_environment()
+    if dist.active and config.batch_size % dist.world_size:
+        raise UserError(f"--batch-size {config.batch_size} must be a multiple of the {dist.world_size} processes")
+    if dist.rank != 0:
+        reporter = SilentReporter()
     reporter = reporter or SilentReporter()
-    torch.manual_seed(config.random_seed)
-    np.random.seed(config.random_seed)
     device = resolve_device(config.device)
+    if device.type == "cuda" and dist.active:
+        device = torch.device("cuda", dist.local_rank)
+    dist.device = device
+    if dist.active and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     amp_dtype = resolve_precision(config.precision, device)
     train_tokens, valid_tokens = corpus.splits["train"], corpus.splits["valid"]
     if len(train_tokens) < 2:
@@ -124,12 +273,17 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
     valid_counts = corpus.counts("valid") if len(corpus.splits["valid"]) >= 2 else corpus.counts("train")
     tokens_per_char = valid_counts.tokens / max(1, valid_counts.chars)
 
+    torch.manual_seed(config.random_seed)
     model = RNNLanguageModel(model_config).to(device)
     optimizer = make_optimizer(model, config)
+    if dist.rank:
+        torch.manual_seed(config.random_seed + dist.rank)  # the same initial weights, but dropout of its own
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    steps_per_epoch = math.ceil(((len(train_tokens) - 1) // config.batch_size) / config.bptt)
+    row_length = (len(train_tokens) - 1) // config.batch_size
+    steps_per_epoch = math.ceil(row_length / config.bptt)
     planned_steps = steps_per_epoch * config.epochs if config.epochs else None
     eval_interval = config.eval_interval or (max(5.0, config.max_time / 20) if config.max_time else 30.0)
+    local_rows = slice(dist.rank * config.batch_size // dist.world_size, (dist.rank + 1) * config.batch_size // dist.world_size)
 
     settings = {
         "format": checkpoint.MODEL_FORMAT,
@@ -140,31 +294,47 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
                    "splits": corpus.meta["splits"]},
         "parameters": count_parameters(model),
     }
+    run = RunState()
+    carried: State | None = None
+    if resume:
+        saved_checkpoint = checkpoint.load_checkpoint(output, str(device))
+        run, carried = restore(saved_checkpoint, model, optimizer, dist, local_rows, device)
+        if dist.rank == 0:
+            checkpoint.keep_metrics_until(output, run.step)
+    trainer: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
+    writes = dist.rank == 0
+    saved = resume
     reporter.start({"parameters": settings["parameters"], "device": str(device), "precision": settings["training"]["autocast"],
                     "steps_per_epoch": steps_per_epoch, "planned_steps": planned_steps, "max_time": config.max_time,
-                    "output": str(output), "train_tokens": len(train_tokens)})
+                    "output": str(output), "train_tokens": len(train_tokens), "resumed_at": run.step if resume else None,
+                    "processes": dist.world_size})
+    tensorboard = open_tensorboard(output) if writes else None
 
-    started = time.perf_counter()
-    step = tokens_seen = 0
-    best_val_loss = math.inf
-    evaluations_since_best = 0
-    saved = False
+    started = time.perf_counter() - run.elapsed_s
     history: list[dict[str, Any]] = []
-    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, started
-    last_eval = started
+    window_tokens, window_start = 0, time.perf_counter()
+    last_eval = last_checkpoint = time.perf_counter()
     stopped_because = "epochs"
+    good = Snapshot.take(model, optimizer)
+    bad_in_a_row = 0
 
     def progress() -> float:
         parts = []
         if planned_steps:
-            parts.append(step / planned_steps)
+            parts.append(run.step / planned_steps)
         if config.max_time:
             parts.append((time.perf_counter() - started) / config.max_time)
         return max(parts) if parts else 0.0
 
-    def evaluate_and_keep_best(epoch: int) -> bool:
-        """Validate, log a metrics record, save the weights if they are the best; True to stop."""
-        nonlocal best_val_loss, evaluations_since_best, saved, window_loss, window_steps, window_tokens, window_start, last_eval
+    def make_model_dir() -> None:
+        nonlocal saved
+        checkpoint.create_model_dir(output, model, corpus.tokenizer, settings, {"step": str(run.step)})
+        checkpoint.remember_latest(output)
+        saved = True
+
+    def evaluate() -> bool:
+        """Validate, log a metrics record, save the weights if they are the best; True to stop early."""
+        nonlocal window_tokens, window_start, last_eval
         model.eval()
         with autocast(device, amp_dtype):
             val_nll, val_count = stream_nll(model, valid_tokens, rows=config.eval_batch_size, window=256,
@@ -173,94 +343,153 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
         val_loss = val_nll / max(1, val_count)
         now = time.perf_counter()
         record = {
-            "step": step, "epoch": epoch, "tokens": tokens_seen,
-            "train_loss": window_loss / window_steps if window_steps else None,
+            "step": run.step, "epoch": run.epoch, "tokens": run.tokens,
+            "train_loss": run.window_loss / run.window_steps if run.window_steps else None,
             "val_loss": val_loss, "val_bpc": val_loss * tokens_per_char / math.log(2),
             "val_ppl": math.exp(min(val_loss, 700)),
             "lr": optimizer.param_groups[0]["lr"],
-            "tokens_per_s": window_tokens / max(1e-9, now - window_start),
+            "tokens_per_s": window_tokens * dist.world_size / max(1e-9, now - window_start),
             "elapsed_s": now - started,
+            "rollbacks": run.rollbacks,
         }
-        improved = val_loss < best_val_loss or not saved
+        improved = val_loss < run.best_val_loss
         if improved:
-            best_val_loss = val_loss
-            evaluations_since_best = 0
-            metadata = {"step": str(step), "val_loss": repr(val_loss)}
-            if saved:
-                checkpoint.save_weights(output, model, metadata)
-            else:
-                checkpoint.create_model_dir(output, model, corpus.tokenizer, settings, metadata)
-                checkpoint.remember_latest(output)
-                saved = True
+            run.best_val_loss = val_loss
+            run.evaluations_since_best = 0
+            if writes:
+                if not saved:
+                    make_model_dir()
+                checkpoint.save_weights(output, model, {"step": str(run.step), "val_loss": repr(val_loss)})
         else:
-            evaluations_since_best += 1
+            run.evaluations_since_best += 1
+            if config.schedule == "plateau":
+                run.lr_scale *= 0.5
+                reporter.event(f"step {run.step}: no better validation loss; learning rate halved")
         record["best"] = improved
-        checkpoint.append_metrics(output, record)
+        if writes:
+            checkpoint.append_metrics(output, record)
+            if tensorboard is not None:
+                for key in ("train_loss", "val_loss", "val_bpc", "lr", "tokens_per_s"):
+                    if record[key] is not None:
+                        tensorboard.add_scalar(key, record[key], run.step)
+                tensorboard.flush()
         history.append(record)
         reporter.evaluation(record)
-        window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+        run.window_loss, run.window_steps = 0.0, 0
+        window_tokens, window_start = 0, time.perf_counter()
         last_eval = window_start
-        return config.patience is not None and evaluations_since_best >= config.patience
+        return config.patience is not None and run.evaluations_since_best >= config.patience
+
+    def save_checkpoint() -> None:
+        nonlocal last_checkpoint
+        run.elapsed_s = time.perf_counter() - started
+        generators = dist.gather(torch.get_rng_state()[None].to(device), 0).cpu()
+        tensors = {f"rng.cpu.{rank}": state.clone() for rank, state in enumerate(generators)}
+        if device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+        if carried is not None:
+            parts = carried if isinstance(carried, tuple) else (carried,)
+            tensors |= {f"carried.{i}": dist.gather(part, 1).cpu() for i, part in enumerate(parts)}
+        if writes:
+            if not saved:
+                make_model_dir()
+            checkpoint.save_checkpoint(output, model, optimizer.state_dict(), asdict(run), tensors)
+        last_checkpoint = time.perf_counter()
+
+    def batches() -> Iterator[tuple[bool, np.ndarray, np.ndarray]]:
+        """(last of its epoch, inputs, targets) from the saved position on, until the epochs are spent."""
+        while config.epochs is None or run.epoch <= config.epochs:
+            tokens = corpus.train_tokens(run.epoch)  # a sampled segmentation per epoch under subword regularisation
+            epoch_row_length = (len(tokens) - 1) // config.batch_size
+            for column, inputs, targets in stream_batches(tokens, config.batch_size, config.bptt, run.column):
+                run.column = column + config.bptt
+                yield run.column >= epoch_row_length, inputs[local_rows], targets[local_rows]
 
     model.train()
-    epoch = 0
-    try:
-        while config.epochs is None or epoch < config.epochs:
-            epoch += 1
-            state = None
-            for _, inputs, targets in stream_batches(corpus.train_tokens(epoch), config.batch_size, config.bptt):
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config, step, progress())
-                x = torch.from_numpy(inputs).to(device, non_blocking=True)
-                y = torch.from_numpy(targets).to(device, non_blocking=True)
-                with autocast(device, amp_dtype):
-                    logits, state = model(x, state)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    state = None  # skip this step and restart the recurrent state
-                    continue
-                if config.clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-                scaler.step(optimizer)
-                scaler.update()
-                state = detach_state(state)
-                step += 1
-                tokens_seen += y.numel()
-                window_loss += loss_value
-                window_steps += 1
+    with deferred_interrupts() as interrupted:
+        for end_of_epoch, inputs, targets in batches():
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, run.step, progress(), run.lr_scale)
+            x = torch.from_numpy(inputs).to(device, non_blocking=True)
+            y = torch.from_numpy(targets).to(device, non_blocking=True)
+            loss_value, finite, carried = train_step(trainer, optimizer, scaler, x, y, carried, config.clip, amp_dtype)
+            if finite:
+                run.step += 1
+                run.tokens += y.numel() * dist.world_size
+                run.window_loss += loss_value
+                run.window_steps += 1
                 window_tokens += y.numel()
-                now = time.perf_counter()
-                reporter.step({"step": step, "epoch": epoch, "loss": loss_value, "progress": progress(),
-                               "tokens_per_s": window_tokens / max(1e-9, now - window_start),
-                               "elapsed_s": now - started})
-                if config.max_time and now - started >= config.max_time:
-                    stopped_because = "max-time"
-                    break
-                if now - last_eval >= eval_interval and evaluate_and_keep_best(epoch):
-                    stopped_because = "patience"
-                    break
+                bad_in_a_row = 0
+                if run.step % SNAPSHOT_EVERY == 0:
+                    good = Snapshot.take(model, optimizer)
+            else:
+                bad_in_a_row += 1
+                if bad_in_a_row > MAX_ROLLBACKS_IN_A_ROW:
+                    raise UserError(f"training diverged: {MAX_ROLLBACKS_IN_A_ROW} rollbacks in a row did not give a "
+                                    "finite loss; try a lower --lr or --precision fp32")
+                good.restore(model, optimizer)
+                carried = None
+                run.lr_scale *= 0.5
+                run.rollbacks += 1
+                reporter.event(f"step {run.step}: non-finite {'loss' if not math.isfinite(loss_value) else 'gradient'}; "
+                               f"rolled back to the last good weights, learning rate halved")
+            now = time.perf_counter()
+            reporter.step({"step": run.step, "epoch": run.epoch, "loss": loss_value, "progress": progress(),
+                           "tokens_per_s": window_tokens * dist.world_size / max(1e-9, now - window_start),
+                           "elapsed_s": now - started})
+            out_of_time, eval_due, checkpoint_due, stop_now = dist.agree([
+                bool(config.max_time and now - started >= config.max_time),
+                not config.eval_every and now - last_eval >= eval_interval,
+                not config.checkpoint_every and now - last_checkpoint >= config.checkpoint_interval,
+                interrupted(),
+            ])
+            eval_due = eval_due or bool(config.eval_every and run.step % config.eval_every == 0)
+            checkpoint_due = checkpoint_due or bool(config.checkpoint_every and run.step % config.checkpoint_every == 0)
+            if out_of_time:
+                stopped_because = "max-time"
+            if stop_now:
+                stopped_because = "interrupted"
+            if (end_of_epoch or eval_due or out_of_time) and run.window_steps and evaluate():
+                stopped_because = "patience"
+            if end_of_epoch:
+                run.epoch += 1
+                run.column = 0
+                carried = None
+            if checkpoint_due or stopped_because != "epochs":
+                save_checkpoint()
             if stopped_because != "epochs":
                 break
-            if window_steps and evaluate_and_keep_best(epoch):
-                stopped_because = "patience"
-                break
-        if stopped_because == "max-time" and window_steps:
-            evaluate_and_keep_best(epoch)
-    except KeyboardInterrupt:
-        if not saved:
-            checkpoint.create_model_dir(output, model, corpus.tokenizer, settings, {"step": str(step)})
-            checkpoint.remember_latest(output)
-        raise
-    if not saved:
-        evaluate_and_keep_best(epoch)
-    result = TrainResult(output, step, tokens_seen, time.perf_counter() - started, best_val_loss,
-                         best_val_loss * tokens_per_char / math.log(2), stopped_because, history)
+        else:
+            if run.window_steps or not saved:
+                evaluate()  # a resumed run whose last steps were not evaluated, or one with no steps at all
+            save_checkpoint()
+    if tensorboard is not None:
+        tensorboard.close()
+    if stopped_because == "interrupted":
+        reporter.event(f"interrupted at step {run.step}; checkpoint saved: continue with --resume {output}")
+        raise KeyboardInterrupt
+    result = TrainResult(output, run.step, run.tokens, time.perf_counter() - started, run.best_val_loss,
+                         run.best_val_loss * tokens_per_char / math.log(2), stopped_because, history)
     reporter.finish(result)
     return result
+
+
+def restore(saved: checkpoint.Checkpoint, model: RNNLanguageModel, optimizer: torch.optim.Optimizer, dist: Distributed,
+            local_rows: slice, device: torch.device) -> tuple[RunState, State | None]:
+    """Load a checkpoint into the model and optimiser; the run state and this rank's carried recurrent state."""
+    missing, unexpected = model.load_state_dict(saved.weights, strict=False)
+    if unexpected or set(missing) - ({"decoder.weight"} if model.config.tie else set()):
+        raise UserError("the checkpoint does not match the model settings")
+    optimizer.load_state_dict(saved.optimizer)
+    run = RunState(**saved.state)
+    rng = saved.tensors.get(f"rng.cpu.{dist.rank}")
+    if rng is not None:  # absent when resuming on more processes than saved: that rank's dropout is seeded afresh
+        torch.set_rng_state(rng)
+    if device.type == "cuda" and "rng.cuda" in saved.tensors:
+        torch.cuda.set_rng_state(saved.tensors["rng.cuda"], device)
+    parts = [saved.tensors[key][:, local_rows].to(device) for key in sorted(k for k in saved.tensors if k.startswith("carried."))]
+    carried: State | None = None if not parts else tuple(parts) if len(parts) > 1 else parts[0]  # type: ignore[assignment]
+    return run, carried
 
 
 def default_model_config(corpus: PreparedCorpus, *, cell: str = "lstm", layers: int = 2, embedding_size: int | None = None,

@@ -1,0 +1,224 @@
+"""Training throughput: this project's training step against a plain PyTorch reference loop.
+
+The reference is the pytorch/examples word_language_model style: fp32 nn.LSTM, an embedding,
+a linear decoder, AdamW and gradient clipping. Both train the same architecture on the same
+data, in one process, for the same wall time; the table gives tokens per second, the ratio to
+the reference, the validation loss reached in that time, and the model's FLOP/s as a fraction
+of this machine's measured bf16 matrix-product peak.
+
+    python benchmarks/train_throughput.py [--seconds 60] [--corpora ../shared/corpora]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import DEFAULT_CORPORA, write_markdown  # noqa: E402
+from rnnlm.config import TrainConfig  # noqa: E402
+from rnnlm.data import stream_batches  # noqa: E402
+from rnnlm.model import ModelConfig, RNNLanguageModel, State  # noqa: E402
+from rnnlm.train import make_optimizer, resolve_precision, train_step  # noqa: E402
+
+LR = 3e-3
+CLIP = 1.0
+DROPOUT = 0.1
+VALID_TOKENS = 20_000  # validation is measured on this many tokens of the held-out text
+ROUNDS = 6  # turns each loop takes
+
+
+@dataclass
+class Shape:
+    name: str
+    layers: int
+    hidden: int
+    embedding: int
+    batch: int
+    bptt: int
+    tie: bool
+
+
+@dataclass
+class Data:
+    train: np.ndarray
+    valid: np.ndarray
+    vocab_size: int
+
+
+def tinyshakespeare(corpora: Path) -> Data:
+    """Characters, the first 90% for training and the rest held out."""
+    text = (corpora / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    index = {char: i for i, char in enumerate(sorted(set(text)))}
+    ids = np.array([index[char] for char in text], dtype=np.int64)
+    cut = int(len(ids) * 0.9)
+    return Data(ids[:cut], ids[cut:], len(index))
+
+
+def ptb_words(corpora: Path) -> Data:
+    """Mikolov's PTB words with an <eos> after each line (10,000 types)."""
+    def words(name: str) -> list[str]:
+        return [w for line in (corpora / "ptb" / name).read_text(encoding="utf-8").splitlines() for w in [*line.split(), "<eos>"]]
+
+    train, valid = words("ptb.train.txt"), words("ptb.valid.txt")
+    index = {word: i for i, word in enumerate(sorted(set(train)))}
+    return Data(np.array([index[w] for w in train]), np.array([index[w] for w in valid]), len(index))
+
+
+class Reference(nn.Module):
+    """pytorch/examples' RNNModel: embedding, dropout, nn.LSTM, dropout, linear decoder (optionally tied)."""
+
+    def __init__(self, vocab_size: int, shape: Shape) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(DROPOUT)
+        self.encoder = nn.Embedding(vocab_size, shape.embedding)
+        self.rnn = nn.LSTM(shape.embedding, shape.hidden, shape.layers, dropout=DROPOUT, batch_first=True)
+        self.decoder = nn.Linear(shape.hidden, vocab_size)
+        if shape.tie:
+            self.decoder.weight = self.encoder.weight
+
+    def forward(self, tokens: Tensor, hidden: State | None = None) -> tuple[Tensor, State]:
+        output, hidden = self.rnn(self.drop(self.encoder(tokens)), hidden)
+        return self.decoder(self.drop(output)), hidden
+
+
+def reference_trainer(data: Data, shape: Shape) -> tuple[nn.Module, Callable[[Tensor, Tensor, State | None], State]]:
+    model = Reference(data.vocab_size, shape)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+
+    def step(x: Tensor, y: Tensor, hidden: State | None) -> State:
+        hidden = tuple(h.detach() for h in hidden) if hidden is not None else None
+        logits, hidden = model(x, hidden)
+        loss = F.cross_entropy(logits.reshape(-1, data.vocab_size), y.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        optimizer.step()
+        return hidden
+
+    return model, step
+
+
+def project_trainer(data: Data, shape: Shape, precision: str) -> tuple[nn.Module, Callable[[Tensor, Tensor, State | None], State]]:
+    config = ModelConfig(vocab_size=data.vocab_size, layers=shape.layers, embedding_size=shape.embedding,
+                         hidden_size=shape.hidden, dropout=DROPOUT, tie=shape.tie)
+    model = RNNLanguageModel(config)
+    optimizer = make_optimizer(model, TrainConfig(lr=LR, clip=CLIP))
+    amp_dtype = resolve_precision(precision, torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def step(x: Tensor, y: Tensor, hidden: State | None) -> State:
+        return train_step(model, optimizer, scaler, x, y, hidden, CLIP, amp_dtype)[2]
+
+    return model, step
+
+
+class TimedRun:
+    """One training loop over its own endless batch stream, timed only while it steps."""
+
+    def __init__(self, data: Data, shape: Shape, step: Callable[[Tensor, Tensor, State | None], State]) -> None:
+        self.batches = (batch for _ in iter(int, 1) for batch in stream_batches(data.train, shape.batch, shape.bptt))
+        self.step, self.hidden = step, None
+        self.tokens, self.seconds = 0, 0.0
+        self.advance()  # warm-up, untimed
+        self.tokens = 0
+
+    def advance(self) -> None:
+        column, x, y = next(self.batches)
+        self.hidden = self.step(torch.from_numpy(x), torch.from_numpy(y), self.hidden if column else None)
+        self.tokens += y.size
+
+    def train_for(self, seconds: float) -> None:
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            self.advance()
+        self.seconds += time.perf_counter() - started
+
+
+@torch.inference_mode()
+def validation_loss(model: nn.Module, data: Data, shape: Shape) -> float:
+    """Nats per token on the start of the held-out text, state carried, in fp32, without dropout."""
+    model.eval()
+    total, count, hidden = 0.0, 0, None
+    for _, x, y in stream_batches(data.valid[:VALID_TOKENS], 10, shape.bptt):
+        logits, hidden = model(torch.from_numpy(x), hidden)
+        total += F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(y).flatten(), reduction="sum").item()
+        count += y.size
+    model.train()
+    return total / count
+
+
+def training_flops_per_token(vocab_size: int, shape: Shape) -> float:
+    """Multiply-adds of the recurrent layers and the decoder, times 2 for FLOPs and 3 for forward and backward."""
+    recurrent = sum(4 * shape.hidden * ((shape.embedding if layer == 0 else shape.hidden) + shape.hidden)
+                    for layer in range(shape.layers))
+    return 6.0 * (recurrent + shape.hidden * vocab_size)
+
+
+def bf16_peak_flops(size: int = 2048, trials: int = 10) -> float:
+    """The fastest of several timed bf16 matrix products (the best case under other load)."""
+    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
+    a @ b
+    fastest = math.inf
+    for _ in range(trials):
+        started = time.perf_counter()
+        a @ b
+        fastest = min(fastest, time.perf_counter() - started)
+    return 2 * size**3 / fastest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="wall time of each training run")
+    parser.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    peak = bf16_peak_flops()
+    cases = [
+        (Shape("char 2x512", 2, 512, 128, 64, 128, False), tinyshakespeare(args.corpora)),
+        (Shape("PTB medium 2x650", 2, 650, 650, 20, 35, True), ptb_words(args.corpora)),
+    ]
+    table = [["shape", "loop", "tokens/s", "× reference", f"val loss after {args.seconds:.0f}s (nats/token)",
+              "model GFLOP/s", "of bf16 peak"]]
+    for shape, data in cases:
+        flops = training_flops_per_token(data.vocab_size, shape)
+        loops = {"reference (fp32 nn.LSTM)": reference_trainer(data, shape),
+                 "rnnlm, --precision fp32": project_trainer(data, shape, "fp32"),
+                 "rnnlm, --precision auto": project_trainer(data, shape, "auto")}
+        runs = {name: TimedRun(data, shape, step) for name, (_, step) in loops.items()}
+        for _ in range(ROUNDS):  # taking turns, so that other load on the machine falls on every loop alike
+            for run in runs.values():
+                run.train_for(args.seconds / ROUNDS)
+        reference_speed = runs["reference (fp32 nn.LSTM)"].tokens / runs["reference (fp32 nn.LSTM)"].seconds
+        for name, run in runs.items():
+            speed = run.tokens / run.seconds
+            loss = validation_loss(loops[name][0], data, shape)
+            row = [shape.name, name, f"{speed:,.0f}", f"{speed / reference_speed:.2f}", f"{loss:.3f}",
+                   f"{speed * flops / 1e9:.1f}", f"{speed * flops / peak:.1%}"]
+            print(" | ".join(row), flush=True)
+            table.append(row)
+    notes = [
+        f"Measured bf16 matrix-product peak: {peak / 1e9:,.0f} GFLOP/s (fastest of ten 2048² bf16 matmuls, {torch.get_num_threads()} threads).",
+        "Model FLOPs per training token: 6 × (recurrent multiply-adds + decoder multiply-adds); embeddings, "
+        "dropout and the optimiser are not counted.",
+        f"Both loops: AdamW at a constant lr {LR}, clipping at {CLIP}, dropout {DROPOUT}, the same batches "
+        "(stateful TBPTT rows); validation on the first "
+        f"{VALID_TOKENS:,} held-out tokens in fp32. 'auto' is bf16 autocast on this CPU.",
+    ]
+    write_markdown("train_throughput", "Training throughput against a plain PyTorch loop", table, notes)
+
+
+if __name__ == "__main__":
+    main()
