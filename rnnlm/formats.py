@@ -59,7 +59,7 @@ class ScoreWriter:
     def _kenlm_surface(self, token_id: int) -> str:
         """A token's name without white space, which KenLM's surfaces never contain: the
         end-of-line token is </s>, a space is ▁ (as SentencePiece writes it), other white
-        space is <U+XXXX>."""
+        space is its code point in hex, as <U+0009> for a tab."""
         if token_id == self.tokenizer.eol_id:
             return "</s>"
         piece = self.tokenizer.piece(token_id).replace(" ", "\u2581")
