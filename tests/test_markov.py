@@ -88,4 +88,5 @@ def test_model_cross_entropy_approaches_the_entropy_rate(tmp_path) -> None:
     assert measured.tokens == len(texts["test"]) >= TEST_TOKENS
     assert measured.oov == 0
     cross_entropy = measured.nll / measured.tokens
+    print(f"model {cross_entropy:.4f} nats/token, source entropy rate {H:.4f} ({cross_entropy / H - 1:+.2%})")
     assert cross_entropy == pytest.approx(H, rel=0.03), f"model {cross_entropy:.4f} nats/token, source H = {H:.4f}"
