@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from rnnlm.config import DynamicEvaluation
+from rnnlm.data import TextCounts
 from rnnlm.errors import UserError
 from rnnlm.fileio import split_lines
 from rnnlm.model import RNNLanguageModel, State, detach_state
-from rnnlm.tokenizers import Tokenizer
+from rnnlm.tokenizers import Tokenizer, count_words
 
 LOGIT_BUDGET = 1 << 22  # floats of logits held at once while scoring
 MAX_BATCH_LINES = 256
@@ -116,7 +117,7 @@ def score_lines(model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[s
                 tokens=len(ids),
                 oov=int(np.count_nonzero(ids == tokenizer.unk_id)),
                 oov_logprob=float(line_logprobs[ids == tokenizer.unk_id].sum()),
-                words=len(line.split()) + 1,
+                words=count_words(line) + 1,
                 chars=len(line) + 1,
                 token_ids=ids.tolist() if detail else [],
                 token_logprobs=line_logprobs.tolist() if detail else [],
@@ -180,13 +181,16 @@ class Perplexity:
         self.lines += 1
 
     def add_text(self, lines: Sequence[str], totals: NLLTotals) -> None:
+        """Add scored lines, counted as `prepare` counts them (one definition of words and characters)."""
+        counts = TextCounts()
+        counts.add_text("".join(line + "\n" for line in lines))
         self.nll += totals.nll
         self.oov_nll += totals.oov_nll
         self.tokens += totals.tokens
         self.oov += totals.oov
-        self.words += sum(len(line.split()) + 1 for line in lines)
-        self.chars += sum(len(line) + 1 for line in lines)
-        self.lines += len(lines)
+        self.words += counts.words
+        self.chars += counts.chars
+        self.lines += counts.lines
 
     def to_dict(self) -> dict[str, float | int | str]:
         in_vocab = self.tokens - self.oov

@@ -31,7 +31,13 @@ from rnnlm import checkpoint
 from rnnlm.config import TrainConfig
 from rnnlm.data import PreparedCorpus, stream_batches
 from rnnlm.errors import UserError
-from rnnlm.model import ModelConfig, RNNLanguageModel, State, count_parameters, detach_state
+from rnnlm.model import (
+    ModelConfig,
+    RNNLanguageModel,
+    State,
+    count_parameters,
+    detach_state,
+)
 from rnnlm.scoring import stream_nll
 
 
