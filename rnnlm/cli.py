@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 import typer
 
 from rnnlm import __version__
-from rnnlm.config import DynamicEvaluation, SamplingConfig, TrainConfig
+from rnnlm.config import PRESETS, DynamicEvaluation, Preset, SamplingConfig, TrainConfig
 from rnnlm.errors import UserError
 
 if TYPE_CHECKING:
@@ -154,24 +154,40 @@ def _prepare_options(corpus: list[str], tokenizer: Optional[str], vocab_size: Op
                           subword_samples=subword_samples)
 
 
+PRESET_NAMES = ", ".join(PRESETS)
+
+
 @app.command()
 def train(
     ctx: typer.Context,
     corpus: Annotated[Optional[list[str]], typer.Argument(help="Text file(s) or directories of them, a catalogue name (alice, tinyshakespeare, ptb, ptb-char), or a directory made by 'rnnlm prepare' (not with --resume).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory (default: models/NAME-CELL-TIME).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help=f"A published configuration ({PRESET_NAMES}; 'rnnlm presets' lists their settings and sources). Options given on the command line override it.", show_default=False)] = None,
     cell: Annotated[Literal["lstm", "gru", "rnn_tanh", "rnn_relu"], typer.Option(help="Recurrent cell.")] = "lstm",
     layers: Annotated[int, typer.Option(min=1, help="Recurrent layers.")] = 2,
     embedding_size: Annotated[Optional[int], typer.Option(min=1, help="Embedding size (default: chosen from the corpus size).")] = None,
-    hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size (default: chosen from the corpus size).")] = None,
-    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on embeddings, between layers and on outputs (default: chosen from the corpus size).")] = None,
+    hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size (default: 256 below 500,000 training tokens or under a budget below 10 minutes, else 512).")] = None,
+    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on the top layer's outputs, and on the embeddings and between layers unless --input-dropout or --layer-dropout say otherwise (default: chosen from the corpus size, the vocabulary and the model size).")] = None,
+    input_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on the embeddings, the first layer's input (default: --dropout).")] = None,
+    layer_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout between recurrent layers (default: --dropout).")] = None,
+    embedding_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Embedding dropout: drop whole word types from each batch (AWD-LSTM's dropoute).")] = 0.0,
+    weight_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="DropConnect on the hidden-to-hidden weights, one mask per batch (AWD-LSTM's wdrop).")] = 0.0,
+    locked_dropout: Annotated[bool, typer.Option("--locked-dropout/--no-locked-dropout", help="Variational (locked) dropout: one mask per sequence, the same at every time step, for the input, between-layer and output dropouts.")] = False,
+    ar: Annotated[float, typer.Option("--ar", min=0.0, help="Activation regularisation: add ALPHA × mean square of the (dropped) top-layer outputs to the loss.")] = 0.0,
+    tar: Annotated[float, typer.Option("--tar", min=0.0, help="Temporal activation regularisation: add BETA × mean square of the change in the top-layer outputs between time steps.")] = 0.0,
+    init_range: Annotated[Optional[float], typer.Option(min=0.0, help="Initialise every weight uniformly in ±R (default: torch's initialisation, with tied embeddings in ±0.1).")] = None,
+    softmax_head: Annotated[Optional[int], typer.Option(min=0, help="Clustered softmax: the N most frequent tokens (and one cluster token for the rest) get the first softmax; rarer tokens a second one, computed in training only for rare targets. Exact probabilities, a faster decoder for large vocabularies. 0: one plain softmax (default: chosen from the token frequencies when it at least halves the decoder's work, else 0).", show_default=False)] = None,
     tie: Annotated[Optional[bool], typer.Option("--tie/--no-tie", help="Share the embedding and decoder weights (a projection bridges different sizes) (default: on for word-sized vocabularies).")] = None,
-    bptt: Annotated[int, typer.Option(min=1, help="Tokens per truncated back-propagation window.")] = TrainConfig.bptt,
-    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch, shared out among torchrun processes (the global batch).")] = TrainConfig.batch_size,
-    optimizer: Annotated[Literal["adamw", "sgd"], typer.Option(help="Optimiser.")] = TrainConfig.optimizer,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = TrainConfig.lr,
-    weight_decay: Annotated[float, typer.Option(min=0.0, help="Decoupled weight decay on matrices.")] = TrainConfig.weight_decay,
-    clip: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0: off).")] = TrainConfig.clip,
-    schedule: Annotated[Literal["cosine", "constant", "plateau"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth over the run, constant, or plateau (halved after every validation that is not the best).")] = TrainConfig.schedule,
+    bptt: Annotated[int, typer.Option(min=1, help="Tokens per truncated back-propagation window (35 for vocabularies over 1000 tokens).")] = TrainConfig.bptt,
+    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch, shared out among torchrun processes (the global batch) (20 for vocabularies over 1000 tokens).")] = TrainConfig.batch_size,
+    optimizer: Annotated[Literal["adamw", "sgd", "ntasgd"], typer.Option(help="Optimiser: adamw; sgd; ntasgd: SGD that starts averaging the weights once the validation loss stops improving (see --nonmono), evaluating and saving the average. Vocabularies over 1000 tokens default to sgd.")] = TrainConfig.optimizer,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (20 for vocabularies over 1000 tokens).")] = TrainConfig.lr,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay (adamw: decoupled, on matrices only; sgd, ntasgd: L2 on every weight) (0 for vocabularies over 1000 tokens).")] = TrainConfig.weight_decay,
+    clip: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0: off) (0.25 for vocabularies over 1000 tokens).")] = TrainConfig.clip,
+    schedule: Annotated[Literal["cosine", "constant", "plateau", "step"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth by the end of --epochs or --max-time, constant, plateau (halved after every validation that is not the best), or step (times --lr-decay each epoch after --decay-start).")] = TrainConfig.schedule,
+    lr_decay: Annotated[float, typer.Option(help="step schedule: the factor applied to the learning rate at each epoch after --decay-start.")] = TrainConfig.lr_decay,
+    decay_start: Annotated[int, typer.Option(min=0, help="step schedule: epochs at the full learning rate.")] = TrainConfig.decay_start,
+    nonmono: Annotated[int, typer.Option(min=1, help="ntasgd: start averaging when a validation loss is worse than the best one from before the last N validations.")] = TrainConfig.nonmono,
     warmup_steps: Annotated[int, typer.Option(min=0, help="Steps of linear learning-rate warm-up.")] = TrainConfig.warmup_steps,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Passes over the training split (default: as many as --max-time allows).")] = None,
     max_time: Annotated[Optional[str], typer.Option(help="Wall-clock budget such as 90s, 5m, 1h30m (default: 5m when --epochs is not given).")] = None,
@@ -201,21 +217,36 @@ def train(
     Teacher forcing over stateful truncated back-propagation batches; the weights with the lowest
     validation loss are kept. The model directory (config.json, model.safetensors, tokenizer.json,
     metrics.jsonl with losses in nats per token) becomes the latest model for sample, score and perplexity.
+    Regularisation (all off unless asked for or set by a preset): dropout, ordinary or locked, on the
+    embeddings, between layers and on the outputs; embedding dropout; weight dropout; AR and TAR.
     """
     from rnnlm.corpora import resolve_sources
     from rnnlm.data import open_corpus
     from rnnlm.display import PrepareDisplay, TrainingDisplay
     from rnnlm.durations import parse_duration
-    from rnnlm.train import TrainConfig, default_model_config, default_output_dir
+    from rnnlm.train import MODEL_SETTINGS, default_model_config, default_output_dir, default_training
     from rnnlm.train import train as train_model
 
-    budget = parse_duration(max_time) if max_time is not None else (None if epochs else 300.0)
-    timing = dict(epochs=epochs, max_time=budget, patience=patience or None, eval_every=eval_every,
+    given = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
+    settings = dict(ctx.params)
+    chosen_settings = set(given)  # what the user or a preset set, which no corpus-based default replaces
+    if preset is not None:
+        if resume is not None:
+            raise UserError("--resume continues with the saved settings; --preset cannot be given with it")
+        chosen = preset_named(preset)
+        preset_settings = {**chosen.model, **chosen.training}
+        settings |= {name: value for name, value in preset_settings.items() if name not in given}
+        chosen_settings |= set(preset_settings)
+        typer.echo(f"preset {chosen.name}: {chosen.source}; published: {chosen.published}", err=True)
+    max_time, epochs = settings["max_time"], settings["epochs"]
+    if isinstance(max_time, str):
+        max_time = parse_duration(max_time)
+    timing = dict(epochs=epochs, max_time=max_time if max_time is not None or epochs else 300.0,
+                  patience=settings["patience"] or None, eval_every=eval_every,
                   eval_interval=parse_duration(eval_interval, "--eval-interval") if eval_interval is not None else None,
                   checkpoint_interval=parse_duration(checkpoint_interval, "--checkpoint-interval"),
                   checkpoint_every=checkpoint_every, device=device)
     if resume is not None:
-        given = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
         fixed = sorted(given - set(timing) - {"resume"})
         if fixed:
             raise UserError(f"--resume continues with the saved settings; {', '.join(name_of(n) for n in fixed)} cannot change")
@@ -230,12 +261,47 @@ def train(
     options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
                                valid_fraction, test_fraction, encoding_errors)
     corpus_data = open_corpus(*resolve_sources(corpus, options, mirror), PrepareDisplay())
-    model_config = default_model_config(corpus_data, cell=cell, layers=layers, embedding_size=embedding_size,
-                                        hidden_size=hidden_size, dropout=dropout, tie=tie)
-    config = TrainConfig(bptt=bptt, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                         clip=clip, schedule=schedule, warmup_steps=warmup_steps, precision=precision,
-                         random_seed=random_seed, **timing)
-    train_model(corpus_data, output or default_output_dir(corpus, cell), model_config, config, TrainingDisplay())
+    settings |= {name: value for name, value in default_training(corpus_data).items() if name not in chosen_settings}
+    model_config = default_model_config(corpus_data, timing["max_time"], **{
+        MODEL_SETTINGS.get(name, name): settings[name] for name in (
+            "cell", "layers", "embedding_size", "hidden_size", "dropout", "input_dropout", "layer_dropout",
+            "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie")})
+    config = TrainConfig(**{name: settings[name] for name in (
+        "bptt", "batch_size", "optimizer", "lr", "weight_decay", "clip", "schedule", "lr_decay", "decay_start",
+        "nonmono", "warmup_steps", "precision", "random_seed")}, **timing)
+    train_model(corpus_data, output or default_output_dir(corpus, settings["cell"]), model_config, config, TrainingDisplay())
+
+
+def option_text(name: str, value: object) -> str:
+    """A setting as the command-line option that gives it: --hidden-size 650, --no-tie."""
+    option = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{option}" if value else f"--no-{option}"
+    return f"--{option} {value:g}" if isinstance(value, float) else f"--{option} {value}"
+
+
+def preset_named(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"{name!r} is not a preset; choose one of {PRESET_NAMES}")
+    return PRESETS[name]
+
+
+@app.command()
+def presets(
+    name: Annotated[Optional[str], typer.Argument(help="Show only this preset.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per preset and line: name, source, published, model, training, notes.")] = False,
+) -> None:
+    """List the presets of 'rnnlm train --preset': each one's source, published result and settings."""
+    from dataclasses import asdict
+
+    chosen = [preset_named(name)] if name is not None else list(PRESETS.values())
+    for index, preset in enumerate(chosen):
+        if as_json:
+            typer.echo(json.dumps(asdict(preset)))
+            continue
+        settings = " ".join(option_text(key, value) for key, value in {**preset.model, **preset.training}.items())
+        typer.echo(("\n" if index else "") + f"{preset.name}\n  source: {preset.source}\n  published: {preset.published}\n"
+                   f"  settings: {settings}" + (f"\n  note: {preset.notes}" if preset.notes else ""))
 
 
 def name_of(parameter: str) -> str:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from rnnlm.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant", "plateau")
+OPTIMIZERS = ("adamw", "sgd", "ntasgd")
+SCHEDULES = ("cosine", "constant", "plateau", "step")
 
 
 @dataclass
@@ -26,6 +26,9 @@ class TrainConfig:
     clip: float = 1.0
     schedule: str = "cosine"
     warmup_steps: int = 100
+    lr_decay: float = 0.5  # the step schedule: the factor applied at each epoch from decay_start on
+    decay_start: int = 4  # the step schedule: epochs at the full rate
+    nonmono: int = 5  # ntasgd: start averaging once the validation loss is worse than it was this many evaluations before
     epochs: int | None = None
     max_time: float | None = None  # seconds
     patience: int | None = 6  # evaluations without improvement before stopping early
@@ -51,11 +54,59 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (0 < self.lr_decay <= 1, "--lr-decay must be above 0 and at most 1"),
+            (self.decay_start >= 0, "--decay-start must be 0 or more"),
+            (self.nonmono >= 1, "--nonmono must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
 
+
+@dataclass(frozen=True)
+class Preset:
+    """A published configuration: model and training settings that a user's own options override."""
+
+    name: str
+    source: str
+    published: str
+    model: dict[str, object]  # keyed by `rnnlm train` option names
+    training: dict[str, object]
+    notes: str = ""
+
+
+def _zaremba(name: str, size: int, dropout: float, init: float, clip: float, epochs: int, decay_start: int,
+             lr_decay: float, published: str) -> Preset:
+    return Preset(
+        name=name, source="Zaremba, Sutskever and Vinyals (2014), Recurrent Neural Network Regularization, table 1",
+        published=published,
+        model=dict(cell="lstm", layers=2, embedding_size=size, hidden_size=size, dropout=dropout, tie=False,
+                   init_range=init),
+        training=dict(optimizer="sgd", lr=1.0, weight_decay=0.0, clip=clip, schedule="step", warmup_steps=0,
+                      decay_start=decay_start, lr_decay=lr_decay, batch_size=20, bptt=35 if dropout else 20,
+                      epochs=epochs, patience=0),
+        notes="word-level PTB (rnnlm train ptb); the schedule is by epoch, so give no --max-time.",
+    )
+
+
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
+    _zaremba("zaremba-small", 200, 0.0, 0.1, 5.0, 13, 4, 0.5, "PTB test perplexity 114.5 (valid 120.7)"),
+    _zaremba("zaremba-medium", 650, 0.5, 0.05, 5.0, 39, 6, 1 / 1.2, "PTB test perplexity 82.7 (valid 86.2)"),
+    _zaremba("zaremba-large", 1500, 0.65, 0.04, 10.0, 55, 14, 1 / 1.15, "PTB test perplexity 78.4 (valid 82.2)"),
+    Preset(
+        name="awd-lstm",
+        source="Merity, Keskar and Socher (2017), Regularizing and Optimizing LSTM Language Models, "
+               "and their PTB command (github.com/salesforce/awd-lstm-lm)",
+        published="PTB test perplexity 58.8 before fine-tuning (valid 60.7)",
+        model=dict(cell="lstm", layers=3, embedding_size=400, hidden_size=1150, tie=True, dropout=0.4,
+                   input_dropout=0.4, layer_dropout=0.25, embedding_dropout=0.1, weight_dropout=0.5,
+                   locked_dropout=True, ar=2.0, tar=1.0),
+        training=dict(optimizer="ntasgd", lr=30.0, weight_decay=1.2e-6, clip=0.25, schedule="constant",
+                      warmup_steps=0, batch_size=20, bptt=70, epochs=500, patience=0, nonmono=5),
+        notes="without the paper's variable-length windows and fine-tuning stage; the top layer is 1150 wide "
+              "and projected to 400 for the tied decoder, where AWD-LSTM makes its last layer 400 wide.",
+    ),
+)}
 
 
 STRATEGIES = ("greedy", "sample", "beam")

@@ -1,11 +1,26 @@
-"""The recurrent language model: embedding, a fused torch RNN/LSTM/GRU stack, and a decoder."""
+"""The recurrent language model: embedding, a stack of torch RNN/LSTM/GRU layers, and a decoder.
+
+Regularisation follows AWD-LSTM (Merity et al., 2017), each part off or on by its setting:
+embedding dropout drops whole word types; dropout on the inputs, between layers and on the
+outputs is either ordinary or locked (one mask per sequence, shared across time steps, as in
+variational dropout); weight dropout (DropConnect) drops hidden-to-hidden weights, one mask
+per batch; activation regularisation (AR) and temporal activation regularisation (TAR)
+penalise large and fast-changing top-layer outputs. All of them act only in training mode.
+
+For large vocabularies the decoder can be a two-level ("clustered") softmax in the manner of
+Grave et al. (2017): the `softmax_head` most frequent tokens and one cluster token share a
+softmax, and the rarer tokens get theirs only when needed. Training computes the rare part
+only for the targets that are rare, which makes the decoder several times cheaper. The
+probabilities are exact and sum to one; with tying, every token keeps its embedding row.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -20,15 +35,40 @@ class ModelConfig:
     layers: int = 2
     embedding_size: int = 256
     hidden_size: int = 256
-    dropout: float = 0.2
+    dropout: float = 0.2  # on the top layer's outputs, and the default for the input and between-layer dropouts
     tie: bool = True
+    input_dropout: Optional[float] = None  # on the embeddings (None: as dropout)
+    layer_dropout: Optional[float] = None  # between recurrent layers (None: as dropout)
+    embedding_dropout: float = 0.0  # whole word types, per batch
+    weight_dropout: float = 0.0  # DropConnect on the hidden-to-hidden weights
+    locked_dropout: bool = False  # one dropout mask per sequence instead of per time step
+    activation_penalty: float = 0.0  # AR: alpha * mean(dropped top output ** 2)
+    temporal_penalty: float = 0.0  # TAR: beta * mean((h_t - h_{t-1}) ** 2) on the raw top output
+    init_range: Optional[float] = None  # every weight uniform in ±init_range (None: torch's defaults)
+    softmax_head: Optional[int] = None  # tokens 0..head-1 in the first level of a clustered softmax (None: one softmax)
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        for name in ("dropout", "input_dropout", "layer_dropout", "embedding_dropout", "weight_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.softmax_head is not None and not 0 < self.softmax_head < self.vocab_size:
+            raise ValueError(f"softmax_head must be between 0 and the vocabulary size, got {self.softmax_head}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def dropout_mask(x: Tensor, p: float, locked: bool) -> Tensor:
+    """A keep-mask scaled by 1/(1-p), for x of shape (batch, time, features); locked, of shape
+    (batch, 1, features): the same units dropped at every time step.
+
+    Thresholding uniform numbers is about twice as fast on a CPU as torch's Bernoulli sampler.
+    """
+    shape = (x.shape[0], 1, x.shape[2]) if locked else x.shape
+    return (torch.rand(shape, device=x.device) >= p).to(x.dtype) * (1 / (1 - p))
 
 
 class RNNLanguageModel(nn.Module):
@@ -36,27 +76,31 @@ class RNNLanguageModel(nn.Module):
 
     With weight tying and a hidden size different from the embedding size, a linear
     projection maps the top hidden state to the embedding size before the tied decoder.
+    In training mode with AR or TAR set, `forward` leaves the penalty to add to the loss
+    in `regularisation_loss`.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
-        self.dropout = nn.Dropout(config.dropout)
-        self.rnn = self._make_rnn(config)
+        self.rnns = nn.ModuleList(self._make_layer(config, layer) for layer in range(config.layers))
         needs_projection = config.tie and config.hidden_size != config.embedding_size
         self.projection = nn.Linear(config.hidden_size, config.embedding_size) if needs_projection else None
         decoder_inputs = config.embedding_size if config.tie else config.hidden_size
         self.decoder = nn.Linear(decoder_inputs, config.vocab_size)
         if config.tie:
             self.decoder.weight = self.embedding.weight
+        self.cluster = nn.Linear(decoder_inputs, 1) if config.softmax_head else None  # the rare tokens' logit in the head
+        self.tail_projection = nn.Linear(decoder_inputs, decoder_inputs) if config.softmax_head else None
+        self.regularisation_loss: Tensor | None = None
+        self._register_load_state_dict_pre_hook(_rename_stacked_rnn_weights)
         self._initialise()
 
     @staticmethod
-    def _make_rnn(config: ModelConfig) -> nn.RNNBase:
-        between_layers = config.dropout if config.layers > 1 else 0.0
-        shape = dict(input_size=config.embedding_size, hidden_size=config.hidden_size, num_layers=config.layers,
-                     dropout=between_layers, batch_first=True)
+    def _make_layer(config: ModelConfig, layer: int) -> nn.RNNBase:
+        inputs = config.embedding_size if layer == 0 else config.hidden_size
+        shape = dict(input_size=inputs, hidden_size=config.hidden_size, batch_first=True)
         if config.cell == "lstm":
             return nn.LSTM(**shape)
         if config.cell == "gru":
@@ -64,10 +108,17 @@ class RNNLanguageModel(nn.Module):
         return nn.RNN(nonlinearity=config.cell.removeprefix("rnn_"), **shape)
 
     def _initialise(self) -> None:
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if self.config.init_range is not None:
+            for parameter in self.parameters():
+                nn.init.uniform_(parameter, -self.config.init_range, self.config.init_range)
+        else:
+            if self.config.tie:  # one matrix for both ends: small, as an output layer needs
+                nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+            # untied, the embedding keeps torch's N(0, 1): inputs of unit size train the first layer fastest
+            if self.tail_projection is not None:  # rare tokens start out scored like the frequent ones
+                nn.init.eye_(self.tail_projection.weight)
+                nn.init.zeros_(self.tail_projection.bias)
         nn.init.zeros_(self.decoder.bias)
-        if not self.config.tie:
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
     def initial_state(self, batch_size: int) -> State:
         """The zero state a fresh sequence starts from."""
@@ -76,15 +127,109 @@ class RNNLanguageModel(nn.Module):
         hidden = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
         return (hidden, hidden.clone()) if self.config.cell == "lstm" else hidden
 
-    def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Logits of shape (batch, time, vocab) for token ids of shape (batch, time)."""
+    def _dropout(self, x: Tensor, p: float) -> Tensor:
+        if not self.training or p == 0:
+            return x
+        return x * dropout_mask(x, p, self.config.locked_dropout)
+
+    def _embed(self, tokens: Tensor) -> Tensor:
+        weight = self.embedding.weight
+        p = self.config.embedding_dropout
+        if self.training and p > 0:
+            weight = weight * weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
+        return F.embedding(tokens, weight)
+
+    def _run_layer(self, rnn: nn.RNNBase, x: Tensor, state: State) -> tuple[Tensor, State]:
+        p = self.config.weight_dropout
+        if not self.training or p == 0:
+            return rnn(x, state)
+        dropped = {"weight_hh_l0": F.dropout(rnn.weight_hh_l0, p)}
+        return torch.func.functional_call(rnn, dropped, (x, state))
+
+    def forward(self, tokens: Tensor, state: State | None = None, targets: Tensor | None = None) -> tuple[Tensor, State]:
+        """Logits of shape (batch, time, vocab) for token ids of shape (batch, time); with `targets`
+        of the same shape as `tokens`, the natural log-probability of each target instead, in fp32,
+        which the clustered softmax computes without the whole distribution.
+
+        The clustered softmax gives normalised log-probabilities as its logits, which every use of
+        logits (softmax, sampling with a temperature, top-k) treats alike."""
+        config = self.config
         if state is None:
             state = self.initial_state(tokens.shape[0])
-        hidden, state = self.rnn(self.dropout(self.embedding(tokens)), state)
-        hidden = self.dropout(hidden)
+        between = config.dropout if config.layer_dropout is None else config.layer_dropout
+        x = self._dropout(self._embed(tokens), config.dropout if config.input_dropout is None else config.input_dropout)
+        final_states = []
+        for layer, rnn in enumerate(self.rnns):
+            layer_state = tuple(s[layer:layer + 1] for s in state) if isinstance(state, tuple) else state[layer:layer + 1]
+            x, layer_state = self._run_layer(rnn, x, layer_state)
+            final_states.append(layer_state)
+            if layer < config.layers - 1:
+                x = self._dropout(x, between)
+        dropped = self._dropout(x, config.dropout)
+        self.regularisation_loss = self._activation_regularisation(x, dropped) if self.training else None
+        # as rows of one matrix: a batch-first RNN output is a strided view, which the decoder's
+        # matrix product would otherwise handle as a batch of products, copying its weight for each
+        features = dropped.reshape(-1, dropped.shape[-1])
         if self.projection is not None:
-            hidden = self.projection(hidden)
-        return self.decoder(hidden), state
+            features = self.projection(features)
+        state = _stack_states(final_states)
+        if targets is not None:
+            return self._target_log_probs(features, targets.reshape(-1)).view(targets.shape), state
+        if self.config.softmax_head:
+            return self._clustered_log_probs(features).view(*tokens.shape, -1), state
+        return self.decoder(features).view(*tokens.shape, -1), state
+
+    def _head_log_probs(self, features: Tensor) -> Tensor:
+        """log P(token) for the head tokens, then log P(rare token) in the last column."""
+        head = self.config.softmax_head
+        assert head is not None and self.cluster is not None
+        logits = torch.cat([F.linear(features, self.decoder.weight[:head], self.decoder.bias[:head]), self.cluster(features)], 1)
+        return torch.log_softmax(logits.float(), -1)
+
+    def _tail_log_probs(self, features: Tensor) -> Tensor:
+        """log P(token | rare) for every rare token."""
+        head = self.config.softmax_head
+        assert self.tail_projection is not None
+        logits = F.linear(self.tail_projection(features), self.decoder.weight[head:], self.decoder.bias[head:])
+        return torch.log_softmax(logits.float(), -1)
+
+    def _clustered_log_probs(self, features: Tensor) -> Tensor:
+        head = self._head_log_probs(features)
+        return torch.cat([head[:, :-1], head[:, -1:] + self._tail_log_probs(features)], 1)
+
+    def _target_log_probs(self, features: Tensor, targets: Tensor) -> Tensor:
+        head_size = self.config.softmax_head
+        if not head_size:
+            return -F.cross_entropy(self.decoder(features).float(), targets, reduction="none")
+        head = self._head_log_probs(features)
+        rare = targets >= head_size
+        log_probs = head.gather(1, targets.clamp(max=head_size)[:, None])[:, 0]  # a rare target gets its cluster's here
+        if rare.any():
+            tail = self._tail_log_probs(features[rare]).gather(1, (targets[rare] - head_size)[:, None])[:, 0]
+            log_probs = log_probs.index_add(0, rare.nonzero()[:, 0], tail)
+        return log_probs
+
+    def _activation_regularisation(self, raw: Tensor, dropped: Tensor) -> Tensor | None:
+        config = self.config
+        if not (config.activation_penalty or config.temporal_penalty):
+            return None
+        penalty = config.activation_penalty * dropped.float().pow(2).mean()
+        if raw.shape[1] > 1:
+            penalty = penalty + config.temporal_penalty * (raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
+        return penalty
+
+
+def _stack_states(states: list[State]) -> State:
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*states))  # type: ignore[return-value]
+    return torch.cat(states)  # type: ignore[arg-type]
+
+
+def _rename_stacked_rnn_weights(state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    """Weights saved by the earlier single multi-layer RNN (rnn.weight_ih_l1) load into the layer stack."""
+    for key in [k for k in state_dict if k.startswith(prefix + "rnn.")]:
+        name, layer = key[len(prefix) + 4:].rsplit("_l", 1)
+        state_dict[f"{prefix}rnns.{layer}.{name}_l0"] = state_dict.pop(key)
 
 
 def detach_state(state: State) -> State:

@@ -57,10 +57,6 @@ def time_window(rows: int, vocab_size: int, longest: int = 512) -> int:
     return max(8, min(longest, LOGIT_BUDGET // max(1, rows * vocab_size)))
 
 
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
-
-
 @torch.inference_mode()
 def stream_nll(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window: int, start_token: int,
                state: State | None = None, unk_id: int | None = None) -> tuple[float, int]:
@@ -85,8 +81,7 @@ def stream_totals(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window
     totals = NLLTotals()
     for column in range(0, row_length, window):
         block = torch.from_numpy(np.ascontiguousarray(grid[:, column : column + window + 1])).to(device)
-        logits, state = model(block[:, :-1], state)
-        logprobs = _token_logprobs(logits, block[:, 1:])
+        logprobs, state = model(block[:, :-1], state, targets=block[:, 1:])
         totals.nll -= logprobs.sum().item()
         totals.tokens += logprobs.numel()
         if unk_id is not None:
@@ -152,8 +147,8 @@ def _score_batch(model: RNNLanguageModel, sequences: list[np.ndarray], start_tok
     for column in range(0, longest, window):
         x = torch.from_numpy(np.ascontiguousarray(inputs[:, column : column + window])).to(device)
         y = torch.from_numpy(np.ascontiguousarray(targets[:, column : column + window])).to(device)
-        logits, state = model(x, state)
-        pieces.append(_token_logprobs(logits, y).cpu().double().numpy())
+        logprobs, state = model(x, state, targets=y)
+        pieces.append(logprobs.cpu().double().numpy())
     logprobs = np.concatenate(pieces, axis=1)
     return [logprobs[row, : len(sequence)] for row, sequence in enumerate(sequences)]
 
@@ -229,8 +224,7 @@ class _DynamicScorer:
         for start in range(0, len(ids), self.settings.segment):
             segment = stream[start : start + self.settings.segment + 1][None]
             with torch.enable_grad():
-                logits, state = self.model(segment[:, :-1], state)
-                logprobs = _token_logprobs(logits, segment[:, 1:])
+                logprobs, state = self.model(segment[:, :-1], state, targets=segment[:, 1:])
                 self.model.zero_grad(set_to_none=True)
                 (-logprobs.mean()).backward()
             self._step()

@@ -24,7 +24,6 @@ from typing import Any, ContextManager, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rnnlm import checkpoint
@@ -107,18 +106,25 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager[
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def learning_rate(config: TrainConfig, step: int, progress: float, scale: float) -> float:
-    """Linear warm-up, then constant, plateau-scaled or a cosine decay to a tenth over the planned run.
+def learning_rate(config: TrainConfig, step: int, epoch: int, progress: float, scale: float) -> float:
+    """Linear warm-up, then constant, plateau-scaled, stepped down by epoch, or a cosine decay to a
+    tenth over the planned run.
 
     `scale` is the product of the halvings so far (by the plateau schedule and by rollbacks).
     """
     warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) if config.schedule == "cosine" else 1.0
+    if config.schedule == "cosine":
+        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    elif config.schedule == "step":
+        decay = config.lr_decay ** max(0, epoch - config.decay_start)
+    else:
+        decay = 1.0
     return config.lr * warmup * decay * scale
 
 
 def make_optimizer(model: RNNLanguageModel, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
+    """AdamW (no decay on biases), or plain SGD, which ntasgd also steps with (the averaging is separate)."""
+    if config.optimizer in ("sgd", "ntasgd"):
         return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     decayed = [p for p in model.parameters() if p.dim() >= 2]
     plain = [p for p in model.parameters() if p.dim() < 2]
@@ -175,6 +181,8 @@ class RunState:
     rollbacks: int = 0
     window_loss: float = 0.0  # training loss summed since the last evaluation
     window_steps: int = 0
+    val_losses: list[float] = field(default_factory=list)  # ntasgd: every validation loss before averaging began
+    averaged_steps: int = 0  # ntasgd: steps in the weight average (0: not averaging yet)
 
 
 @dataclass
@@ -193,6 +201,43 @@ class Snapshot:
         optimizer.load_state_dict(copy.deepcopy(self.optimizer))
 
 
+class WeightAverage:
+    """The running mean of the weights since averaging began: the A in NT-ASGD (Merity et al., 2017).
+
+    Averaging starts when the validation loss stops improving ("non-monotonically triggered");
+    from then on evaluation and the saved model use the averaged weights.
+    """
+
+    def __init__(self, model: RNNLanguageModel, steps: int = 0, saved: dict[str, Tensor] | None = None) -> None:
+        self.steps = steps
+        self.means = {name: (saved[name] if saved else p.detach()).clone() for name, p in model.named_parameters()}
+
+    def update(self, model: RNNLanguageModel) -> None:
+        self.steps += 1
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                self.means[name].lerp_(parameter, 1 / self.steps)
+
+    @contextmanager
+    def swapped_in(self, model: RNNLanguageModel) -> Iterator[None]:
+        """The model holds the averaged weights inside the block, its own afterwards."""
+        current = {name: p.detach().clone() for name, p in model.named_parameters()}
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                parameter.copy_(self.means[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, parameter in model.named_parameters():
+                    parameter.copy_(current[name])
+
+
+def averaging_triggered(val_losses: list[float], nonmono: int) -> bool:
+    """NT-ASGD's trigger: the newest validation loss is worse than the best from before the last `nonmono`."""
+    return len(val_losses) > nonmono and val_losses[-1] > min(val_losses[:-nonmono])
+
+
 SNAPSHOT_EVERY = 100  # steps between in-memory snapshots
 MAX_ROLLBACKS_IN_A_ROW = 5
 
@@ -202,10 +247,11 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     """One teacher-forced step: the loss, whether it and the gradient were finite (the step is
     applied only then), and the recurrent state to carry, detached."""
     with autocast(x.device, amp_dtype):
-        logits, carried = model(x, carried)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        target_log_probs, carried = model(x, carried, targets=y)
+    loss = -target_log_probs.mean()
+    penalty = unwrap(model).regularisation_loss
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss if penalty is None else loss + penalty).backward()
     scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf)
     loss_value, norm_value = torch.stack([loss.detach(), norm.detach().float()]).tolist()
@@ -215,6 +261,11 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
         scaler.step(optimizer)
         scaler.update()
     return loss_value, finite, detach_state(carried)
+
+
+def unwrap(model: torch.nn.Module) -> RNNLanguageModel:
+    """The language model inside a DistributedDataParallel wrapper, or the model itself."""
+    return getattr(model, "module", model)  # type: ignore[return-value]
 
 
 @contextmanager
@@ -302,9 +353,10 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
     }
     run = RunState()
     carried: State | None = None
+    average: WeightAverage | None = None
     if resume:
         saved_checkpoint = checkpoint.load_checkpoint(output, str(device))
-        run, carried = restore(saved_checkpoint, model, optimizer, dist, local_rows, device)
+        run, carried, average = restore(saved_checkpoint, model, optimizer, dist, local_rows, device)
         if dist.rank == 0:
             checkpoint.keep_metrics_until(output, run.step)
     trainer: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
@@ -340,9 +392,9 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
 
     def evaluate() -> bool:
         """Validate, log a metrics record, save the weights if they are the best; True to stop early."""
-        nonlocal window_tokens, window_start, last_eval
+        nonlocal window_tokens, window_start, last_eval, average
         model.eval()
-        with autocast(device, amp_dtype):
+        with average.swapped_in(model) if average else nullcontext(), autocast(device, amp_dtype):
             val_nll, val_count = stream_nll(model, valid_tokens, rows=config.eval_batch_size, window=256,
                                             start_token=corpus.tokenizer.eol_id)
         model.train()
@@ -365,13 +417,20 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
             if writes:
                 if not saved:
                     make_model_dir()
-                checkpoint.save_weights(output, model, {"step": str(run.step), "val_loss": repr(val_loss)})
+                with average.swapped_in(model) if average else nullcontext():
+                    checkpoint.save_weights(output, model, {"step": str(run.step), "val_loss": repr(val_loss)})
         else:
             run.evaluations_since_best += 1
             if config.schedule == "plateau":
                 run.lr_scale *= 0.5
                 reporter.event(f"step {run.step}: no better validation loss; learning rate halved")
         record["best"] = improved
+        record["averaging"] = average is not None
+        if config.optimizer == "ntasgd" and average is None:
+            run.val_losses.append(val_loss)
+            if averaging_triggered(run.val_losses, config.nonmono):
+                average = WeightAverage(model)
+                reporter.event(f"step {run.step}: validation loss stopped improving; averaging the weights from here (NT-ASGD)")
         if writes:
             checkpoint.append_metrics(output, record)
             if tensorboard is not None:
@@ -396,6 +455,9 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
         if carried is not None:
             parts = carried if isinstance(carried, tuple) else (carried,)
             tensors |= {f"carried.{i}": dist.gather(part, 1).cpu() for i, part in enumerate(parts)}
+        if average is not None:
+            tensors |= {f"average.{name}": mean.cpu() for name, mean in average.means.items()}
+            run.averaged_steps = average.steps
         if writes:
             if not saved:
                 make_model_dir()
@@ -415,7 +477,7 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
     with deferred_interrupts() as interrupted:
         for end_of_epoch, inputs, targets in batches():
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, run.step, progress(), run.lr_scale)
+                group["lr"] = learning_rate(config, run.step, run.epoch, progress(), run.lr_scale)
             x = torch.from_numpy(inputs).to(device, non_blocking=True)
             y = torch.from_numpy(targets).to(device, non_blocking=True)
             loss_value, finite, carried = train_step(trainer, optimizer, scaler, x, y, carried, config.clip, amp_dtype)
@@ -426,6 +488,8 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
                 run.window_steps += 1
                 window_tokens += y.numel()
                 bad_in_a_row = 0
+                if average is not None:
+                    average.update(model)
                 if run.step % SNAPSHOT_EVERY == 0:
                     good = Snapshot.take(model, optimizer)
             else:
@@ -481,8 +545,9 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
 
 
 def restore(saved: checkpoint.Checkpoint, model: RNNLanguageModel, optimizer: torch.optim.Optimizer, dist: Distributed,
-            local_rows: slice, device: torch.device) -> tuple[RunState, State | None]:
-    """Load a checkpoint into the model and optimiser; the run state and this rank's carried recurrent state."""
+            local_rows: slice, device: torch.device) -> tuple[RunState, State | None, WeightAverage | None]:
+    """Load a checkpoint into the model and optimiser; the run state, this rank's carried recurrent
+    state, and the NT-ASGD weight average if one had begun."""
     missing, unexpected = model.load_state_dict(saved.weights, strict=False)
     if unexpected or set(missing) - ({"decoder.weight"} if model.config.tie else set()):
         raise UserError("the checkpoint does not match the model settings")
@@ -495,24 +560,78 @@ def restore(saved: checkpoint.Checkpoint, model: RNNLanguageModel, optimizer: to
         torch.cuda.set_rng_state(saved.tensors["rng.cuda"], device)
     parts = [saved.tensors[key][:, local_rows].to(device) for key in sorted(k for k in saved.tensors if k.startswith("carried."))]
     carried: State | None = None if not parts else tuple(parts) if len(parts) > 1 else parts[0]  # type: ignore[assignment]
-    return run, carried
+    means = {key.removeprefix("average."): tensor.to(device) for key, tensor in saved.tensors.items() if key.startswith("average.")}
+    average = WeightAverage(model, run.averaged_steps, means) if means else None
+    return run, carried, average
 
 
-def default_model_config(corpus: PreparedCorpus, *, cell: str = "lstm", layers: int = 2, embedding_size: int | None = None,
-                         hidden_size: int | None = None, dropout: float | None = None, tie: bool | None = None) -> ModelConfig:
+MODEL_SETTINGS = {"ar": "activation_penalty", "tar": "temporal_penalty"}  # `rnnlm train` options named otherwise in ModelConfig
+
+
+def default_model_config(corpus: PreparedCorpus, max_time: float | None = None, *, embedding_size: int | None = None,
+                         hidden_size: int | None = None, dropout: float | None = None, tie: bool | None = None,
+                         softmax_head: int | None = None, **settings: Any) -> ModelConfig:
     """A model sized to the corpus where the user left a choice open.
 
     Small corpora get a smaller, more strongly regularised network; character vocabularies
-    gain nothing from tying, word-sized ones do.
+    gain nothing from tying, word-sized ones do, and large vocabularies get a clustered softmax.
     """
     train_tokens = len(corpus.splits["train"])
     vocab_size = corpus.tokenizer.vocab_size
-    size, default_dropout = (256, 0.3) if train_tokens < 500_000 else (256, 0.1) if train_tokens < 5_000_000 else (512, 0.1)
+    size, default_dropout = default_size(train_tokens, max_time, word_sized=vocab_size > 1000)
     hidden = hidden_size or size
     tied = tie if tie is not None else vocab_size > 1000
     embedding = embedding_size or (hidden if tied or vocab_size > 1000 else min(hidden, 128))
-    return ModelConfig(vocab_size=vocab_size, cell=cell, layers=layers, embedding_size=embedding, hidden_size=hidden,
-                       dropout=default_dropout if dropout is None else dropout, tie=tied)
+    if softmax_head is None:
+        softmax_head = clustered_softmax_head(corpus.splits["train"], vocab_size, embedding if tied else hidden)
+    return ModelConfig(vocab_size=vocab_size, embedding_size=embedding, hidden_size=hidden,
+                       dropout=default_dropout if dropout is None else dropout, tie=tied,
+                       softmax_head=softmax_head or None, **settings)
+
+
+LONG_BUDGET = 600.0  # seconds of training from which a mid-sized corpus gets the larger model
+
+
+def default_size(train_tokens: int, max_time: float | None, word_sized: bool) -> tuple[int, float]:
+    """Hidden size and dropout for a corpus and a budget (None: no time limit).
+
+    Below 500,000 tokens a small, strongly regularised model; up to 5,000,000 the larger model
+    only when the budget gives it time to learn (10 minutes or more); word models overfit
+    sooner than character models and keep more dropout.
+    """
+    if train_tokens < 500_000:
+        return 256, 0.3
+    if train_tokens < 5_000_000:
+        if max_time is None or max_time >= LONG_BUDGET:
+            return 512, 0.4 if word_sized else 0.2
+        return 256, 0.3 if word_sized else 0.1
+    return 512, 0.2 if word_sized else 0.1
+
+
+WORD_TRAINING = dict(optimizer="sgd", lr=20.0, clip=0.25, weight_decay=0.0, batch_size=20, bptt=35)
+
+
+def default_training(corpus: PreparedCorpus) -> dict[str, Any]:
+    """Training settings that differ from TrainConfig's for this corpus: word-sized vocabularies
+    (tied models) learn fastest with the classic recipe of plain SGD at rate 20, clipping at 0.25,
+    20 streams of 35 tokens (Zaremba et al.; pytorch/examples)."""
+    return dict(WORD_TRAINING) if corpus.tokenizer.vocab_size > 1000 else {}
+
+
+def clustered_softmax_head(train_tokens: np.ndarray, vocab_size: int, features: int) -> int:
+    """The head size that minimises the decoder's expected work per training token, or 0 where
+    a single softmax is at most twice as much work.
+
+    A token costs `head + 1` rows, and a rare one another `features` (its projection) plus
+    `vocab_size - head`; the counts of the training tokens say how many are rare.
+    """
+    if vocab_size < 1000 or len(train_tokens) == 0:
+        return 0
+    coverage = np.cumsum(np.bincount(train_tokens, minlength=vocab_size)) / len(train_tokens)
+    heads = np.arange(1, vocab_size)
+    work = heads + 1 + (1 - coverage[heads - 1]) * (vocab_size - heads + features)
+    best = int(work.argmin())
+    return int(heads[best]) if work[best] * 2 <= vocab_size else 0
 
 
 def default_output_dir(sources: list[str], cell: str) -> Path:
