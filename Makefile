@@ -9,7 +9,7 @@ MIRROR ?= $(if $(wildcard ../shared/corpora/SOURCES.md),../shared/corpora,)
 MIRROR_OPTION := $(if $(MIRROR),--mirror $(MIRROR),)
 DEMO_TIME ?= 2m
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-quality clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test: install
 BENCHMARKS ?= $(sort $(wildcard benchmarks/*_throughput.py))
 bench: install
 	@for benchmark in $(BENCHMARKS); do echo "== $$benchmark"; $(BIN)/python $$benchmark || exit 1; done
+
+# Quality under a wall-clock budget against the pytorch/examples loop: about 1h45 on 2 cores.
+bench-quality: install
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[bench]"
+	$(BIN)/python benchmarks/ptb.py $(if $(MIRROR),--corpora $(MIRROR),)
+	$(BIN)/python benchmarks/shakespeare.py $(if $(MIRROR),--corpora $(MIRROR),)
 
 clean:
 	rm -rf $(VENV) data models .pytest_cache

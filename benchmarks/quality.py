@@ -153,7 +153,7 @@ def run_rnnlm(corpus: Corpus, minutes: float, options: list[str], workdir: Path)
     for record in (json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines() if line):
         curve.minutes.append(record["elapsed_s"] / 60)
         curve.values.append(math.exp(record["val_loss"]) if corpus.unit == "ppl" else record["val_bpc"])
-    return curve, figure, f"rnnlm train {corpus.shown_sources} {shlex.join(options)} --max-time {minutes:g}m"
+    return curve, figure, " ".join(["rnnlm train", corpus.shown_sources, *map(shlex.quote, options), f"--max-time {minutes:g}m"])
 
 
 def plot(name: str, title: str, unit: str, curves: list[Curve], ceiling: float | None) -> Path:
@@ -184,7 +184,7 @@ def benchmark(corpus: Corpus, budgets: list[float], options: list[str], workdir:
     """Run the reference to the largest budget and `rnnlm train` once per budget; write NAME.md and NAME.png."""
     torch.set_num_threads(torch.get_num_threads())
     reference_curve, reference_marks = run_reference(corpus, max(budgets), budgets, eval_seconds=30.0)
-    unit = "test perplexity (per word)" if corpus.unit == "ppl" else "test bits per character"
+    unit = "test perplexity (per word)" if corpus.unit == "ppl" else "bits per character on the held-out text"
     table = [["budget", "rnnlm train", "reference loop", "rnnlm command"]]
     curves = [reference_curve]
     for minutes in budgets:
@@ -194,7 +194,7 @@ def benchmark(corpus: Corpus, budgets: list[float], options: list[str], workdir:
         print(" | ".join(table[-1]), flush=True)
     image = plot(corpus.name, title, corpus.unit, curves, ceiling)
     notes = [
-        f"Figures: {unit}; the test split is read as one stream, as the published figures are.",
+        f"Figures: {unit}, read as one stream, as the published figures are.",
         "Reference loop (this file's ReferenceModel): pytorch/examples' word_language_model recipe, "
         "2-layer 200-unit LSTM with tied weights, dropout 0.2, SGD lr 20 (divided by 4 after an epoch without "
         "a better validation loss), clipping 0.25, bptt 35, batch 20, fp32; its clock stops while it is evaluated.",
