@@ -217,8 +217,9 @@ def train(
     Teacher forcing over stateful truncated back-propagation batches; the weights with the lowest
     validation loss are kept. The model directory (config.json, model.safetensors, tokenizer.json,
     metrics.jsonl with losses in nats per token) becomes the latest model for sample, score and perplexity.
-    Regularisation (all off unless asked for or set by a preset): dropout, ordinary or locked, on the
-    embeddings, between layers and on the outputs; embedding dropout; weight dropout; AR and TAR.
+    Regularisation: dropout on the embeddings, between layers and on the outputs (by default chosen
+    from the corpus; locked on request); embedding dropout, weight dropout, AR and TAR (off unless
+    asked for or set by a preset).
     """
     from rnnlm.corpora import resolve_sources
     from rnnlm.data import open_corpus
