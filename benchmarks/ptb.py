@@ -1,6 +1,6 @@
 """PTB word level (Mikolov's 10k-word version): test perplexity after a wall-clock budget of training.
 
-`rnnlm train ptb` with the options below, once per budget, against the pytorch/examples
+`rnnlm train ptb` with its defaults, once per budget, against the pytorch/examples
 reference loop (see quality.py) run in the same benchmark; writes results/ptb.md and ptb.png.
 
     python benchmarks/ptb.py [--budgets 8 30] [--corpora ../shared/corpora]
@@ -17,8 +17,7 @@ import numpy as np
 from common import DEFAULT_CORPORA
 from quality import Corpus, benchmark
 
-OPTIONS = ["--hidden-size", "256", "--dropout", "0.3", "--optimizer", "sgd", "--lr", "20", "--clip", "0.25", "--weight-decay", "0",
-           "--batch-size", "20", "--bptt", "35"]
+OPTIONS: list[str] = []  # the defaults, which follow the corpus and the budget
 
 
 def ptb(corpora: Path) -> Corpus:

@@ -36,12 +36,18 @@ class Sample:
 
 @dataclass(frozen=True)
 class Hypothesis:
-    """A continuation being generated; `text` is kept decoded only while stop strings or streaming need it."""
+    """A continuation being generated; `text` is kept decoded only while stop strings or streaming need it.
+
+    `text[:settled_length]` is the text of `tokens[:settled_tokens]`, final whatever tokens follow:
+    only the tokens after it are decoded again at each step.
+    """
 
     tokens: tuple[int, ...] = ()
     logprob: float = 0.0
     text: str = ""
     stopped: bool = False
+    settled_tokens: int = 0
+    settled_length: int = 0
 
 
 def length_normalised(logprob: float, tokens: int, length_penalty: float) -> float:
@@ -52,10 +58,12 @@ def length_normalised(logprob: float, tokens: int, length_penalty: float) -> flo
 class Continuations:
     """Extends hypotheses token by token and ends them at stop strings, matched on the decoded text.
 
-    The whole token list is decoded each time, which any tokenizer can do (even one whose
-    pieces do not decode on their own), and only when stop strings or streaming need the text.
-    Tokens are decoded after the seed's last token, so that what joins them to the seed (the
-    space before a word, for a word tokenizer) is part of the continuation.
+    Tokens are decoded after the token before them (at first, the seed's last token), so that
+    what joins them (the space before a word, for a word tokenizer) is part of the continuation.
+    Only the tokens since the last one that started a character are decoded again at each step,
+    so a step costs the same however long the text: before such a token the text is complete,
+    while after a byte piece it may still end in a partial UTF-8 character that later bytes
+    complete. The text is decoded only when stop strings or streaming need it.
     """
 
     def __init__(self, tokenizer: Tokenizer, stops: Sequence[str], stream: bool, context_token: int) -> None:
@@ -64,22 +72,32 @@ class Continuations:
         self.longest_stop = max(map(len, stops), default=0)
         self.decode_each_step = stream or bool(stops)
         self.context_token = context_token
-        self.context_length = len(tokenizer.decode([context_token]))
 
-    def decode(self, tokens: Sequence[int]) -> str:
-        return self.tokenizer.decode([self.context_token, *tokens])[self.context_length:]
+    def decode(self, tokens: Sequence[int], context: int | None = None) -> str:
+        """The text of `tokens` following the token `context` (default: the seed's last)."""
+        context = self.context_token if context is None else context
+        return self.tokenizer.decode([context, *tokens])[len(self.tokenizer.decode([context])):]
 
     def extend(self, hypothesis: Hypothesis, token: int, logprob: float) -> Hypothesis:
         tokens = (*hypothesis.tokens, token)
         total = hypothesis.logprob + logprob
         if not self.decode_each_step:
             return Hypothesis(tokens, total)
-        text = self.decode(tokens)
+        settled_tokens, settled_length = hypothesis.settled_tokens, hypothesis.settled_length
+        if self.tokenizer.starts_character(token):
+            settled_tokens, settled_length = len(hypothesis.tokens), len(hypothesis.text)
+        context = tokens[settled_tokens - 1] if settled_tokens else self.context_token
+        text = hypothesis.text[:settled_length] + self.decode(tokens[settled_tokens:], context)
         start = max(0, len(hypothesis.text) - self.longest_stop + 1)  # a new match ends in the new text
         ends = [at + len(stop) for stop in self.stops if (at := text.find(stop, start)) >= 0]
         if ends:
-            return Hypothesis(tokens, total, text[:min(ends)], stopped=True)
-        return Hypothesis(tokens, total, text)
+            return Hypothesis(tokens, total, text[:min(ends)], True, settled_tokens, settled_length)
+        return Hypothesis(tokens, total, text, False, settled_tokens, settled_length)
+
+    @staticmethod
+    def final_text(hypothesis: Hypothesis) -> str:
+        """The part of the text that no later token can change: what streaming may show."""
+        return hypothesis.text if hypothesis.stopped else hypothesis.text[:hypothesis.settled_length]
 
     def sample(self, hypothesis: Hypothesis, length_penalty: float) -> Sample:
         text = hypothesis.text if self.decode_each_step else self.decode(hypothesis.tokens)
@@ -129,7 +147,8 @@ def generate(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str, conf
              on_text: Callable[[str], None] | None = None) -> list[Sample]:
     """Continuations of `seed_text`: greedy or sampled ones in order, or a beam search's best first.
 
-    With greedy decoding or sampling, `on_text` receives the first sample's new text at every step.
+    With greedy decoding or sampling, `on_text` receives the first sample's text as it is generated,
+    each part once it is final (a partial UTF-8 character waits for its last byte).
     """
     config.validate()
     model.eval()
@@ -170,6 +189,7 @@ def _sample(model: RNNLanguageModel, logits: torch.Tensor, state: State, config:
     logits, state = logits.index_select(0, rows), select_state(state, rows)
     hypotheses = [Hypothesis()] * config.num_samples
     live = list(range(config.num_samples))  # the sample that each batch row continues
+    shown = 0  # characters of the first sample's text given to on_text
     for step in range(config.length):
         if greedy:
             tokens = logits.argmax(dim=-1)
@@ -178,10 +198,11 @@ def _sample(model: RNNLanguageModel, logits: torch.Tensor, state: State, config:
             tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         logprobs = torch.log_softmax(logits.float(), dim=-1).gather(1, tokens[:, None]).squeeze(1)
         for sample, token, logprob in zip(live, tokens.tolist(), logprobs.tolist()):
-            before = hypotheses[sample]
-            hypotheses[sample] = continuations.extend(before, token, logprob)
-            if on_text is not None and sample == 0:
-                on_text(hypotheses[0].text[len(before.text):])
+            hypotheses[sample] = continuations.extend(hypotheses[sample], token, logprob)
+        if on_text is not None:
+            final = continuations.final_text(hypotheses[0])
+            on_text(final[shown:])
+            shown = len(final)
         going = [row for row, sample in enumerate(live) if not hypotheses[sample].stopped]
         if len(going) < len(live):
             if not going:
@@ -191,6 +212,8 @@ def _sample(model: RNNLanguageModel, logits: torch.Tensor, state: State, config:
             live = [live[row] for row in going]
         if step + 1 < config.length:
             logits, state = _advance(model, tokens, state)
+    if on_text is not None:
+        on_text(hypotheses[0].text[shown:])
     return hypotheses
 
 

@@ -47,6 +47,7 @@ class Tokenizer(Protocol):
     def vocab_size(self) -> int: ...
     def encode(self, text: str) -> np.ndarray: ...
     def decode(self, ids: Iterable[int]) -> str: ...
+    def starts_character(self, token_id: int) -> bool: ...  # so the text decoded before it is complete
     def piece(self, token_id: int) -> str: ...
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -160,6 +161,10 @@ class CharTokenizer:
         table = self._decode_table
         return "".join(table[i] for i in ids)
 
+    def starts_character(self, token_id: int) -> bool:
+        """Every token is whole characters, so the text before any token is complete."""
+        return True
+
     def piece(self, token_id: int) -> str:
         """A readable name for one token, for per-token tables."""
         return self._pieces[token_id]
@@ -259,6 +264,10 @@ class WordTokenizer:
             else:
                 lines[-1].append(pieces[token])
         return "\n".join(" ".join(words) for words in lines)
+
+    def starts_character(self, token_id: int) -> bool:
+        """Every token is a whole word or the end of a line."""
+        return True
 
     def piece(self, token_id: int) -> str:
         return self._pieces[token_id]
@@ -371,6 +380,12 @@ class SentencePieceTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         table = self._bytes
         return b"".join([table[i] for i in ids]).decode("utf-8", "replace")
+
+    def starts_character(self, token_id: int) -> bool:
+        """False for a byte piece that continues a UTF-8 character (bytes 0x80-0xBF): until a
+        token that starts one, the text decoded so far may end in an incomplete character."""
+        first = self._bytes[token_id][:1]
+        return first != b"" and not 0x80 <= first[0] < 0xC0
 
     def piece(self, token_id: int) -> str:
         return self._pieces[token_id]

@@ -17,10 +17,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from conftest import make_corpus
+
 from rnnlm.cli import app
 from rnnlm.config import SamplingConfig
-from rnnlm.generate import Sample, generate, length_normalised, next_token_distribution, unseen_text
+from rnnlm.generate import Continuations, Hypothesis, Sample, generate, length_normalised, next_token_distribution, unseen_text
 from rnnlm.model import ModelConfig, RNNLanguageModel
+from rnnlm.tokenizers import Tokenizer, TokenizerSettings, train_tokenizer
 
 SEEDS = ["", "the ", "a cat sat", "日本 🙂 "]
 
@@ -326,8 +329,6 @@ def test_cli_seed_of_unseen_characters_warns_once_and_samples(trained) -> None:
 
 
 def test_word_model_continuation_joins_the_seed_with_a_space_and_warns_about_unknown_words() -> None:
-    from rnnlm.tokenizers import train_tokenizer
-
     tokenizer = train_tokenizer("word", ["the cat sat on the mat\nthe dog ran\n"])
     torch.manual_seed(0)
     model = RNNLanguageModel(ModelConfig(tokenizer.vocab_size, "lstm", 1, 8, 8, 0.0, tie=False)).eval()
@@ -336,3 +337,42 @@ def test_word_model_continuation_joins_the_seed_with_a_space_and_warns_about_unk
     assert tokenizer.encode("the cat" + sample.text).tolist() == seed_ids + sample.tokens  # nothing glued together
     assert sample.text[0] in " \n"
     assert unseen_text(tokenizer, "the zebra and the cat") == "zebra and"
+
+
+@pytest.fixture(scope="module")
+def tokenizers() -> dict[str, Tokenizer]:
+    """One of each kind; the subword one is mostly byte pieces, which split characters."""
+    text = make_corpus(60, seed=2)
+    return {"char": train_tokenizer("char", [text]), "word": train_tokenizer("word", [text]),
+            "bpe": train_tokenizer("bpe", [text], TokenizerSettings(vocab_size=300))}
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+@given(data=st.data())
+def test_text_decoded_step_by_step_is_the_whole_decode(tokenizers, kind: str, data: st.DataObject) -> None:
+    """Re-decoding only the tokens since the last character start gives what decoding every token
+    would, and the part marked final never changes afterwards."""
+    tokenizer = tokenizers[kind]
+    token = st.integers(min_value=0, max_value=tokenizer.vocab_size - 1)
+    context, tokens = data.draw(token), data.draw(st.lists(token, max_size=40))
+    continuations = Continuations(tokenizer, stops=(), stream=True, context_token=context)
+    hypothesis, finals = Hypothesis(), []
+    for count, next_token in enumerate(tokens, start=1):
+        hypothesis = continuations.extend(hypothesis, next_token, 0.0)
+        whole = tokenizer.decode([context, *tokens[:count]])[len(tokenizer.decode([context])):]
+        assert hypothesis.text == whole
+        finals.append(continuations.final_text(hypothesis))
+        assert all(whole.startswith(final) for final in finals)
+
+
+def test_streamed_subword_text_is_the_sample_text_with_characters_split_over_byte_pieces(tokenizers) -> None:
+    tokenizer = tokenizers["bpe"]
+    torch.manual_seed(0)  # untrained: it samples byte pieces often, so characters arrive in parts
+    model = RNNLanguageModel(ModelConfig(tokenizer.vocab_size, "lstm", 1, 8, 8, 0.0, tie=False)).eval()
+    for settings in ({}, {"stop": ("e",)}, {"temperature": 2.0}):
+        pieces: list[str] = []
+        config = SamplingConfig(length=200, random_seed=1, **settings)
+        [sample] = generate(model, tokenizer, "caf\u00e9 ", config, on_text=pieces.append)
+        assert "".join(pieces) == sample.text
+        assert sample == generate(model, tokenizer, "caf\u00e9 ", config)[0]
+        assert sample.stopped or sample.text == tokenizer.decode([tokenizer.encode("caf\u00e9 ")[-1], *sample.tokens])[1:]
