@@ -179,6 +179,7 @@ def train(
     softmax_head: Annotated[Optional[int], typer.Option(min=0, help="Clustered softmax: the N most frequent tokens (and one cluster token for the rest) get the first softmax; rarer tokens a second one, computed in training only for rare targets. Exact probabilities, a faster decoder for large vocabularies. 0: one plain softmax (default: chosen from the token frequencies when it at least halves the decoder's work, else 0).", show_default=False)] = None,
     tie: Annotated[Optional[bool], typer.Option("--tie/--no-tie", help="Share the embedding and decoder weights (a projection bridges different sizes) (default: on for word-sized vocabularies).")] = None,
     bptt: Annotated[int, typer.Option(min=1, help="Tokens per truncated back-propagation window (35 for vocabularies over 1000 tokens).")] = TrainConfig.bptt,
+    variable_bptt: Annotated[bool, typer.Option("--variable-bptt/--no-variable-bptt", help="Vary each window's length as AWD-LSTM does (about --bptt, one time in twenty about half of it, standard deviation 5 tokens), with the learning rate scaled to the length, so that windows start at every offset.")] = TrainConfig.variable_bptt,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch, shared out among torchrun processes (the global batch) (20 for vocabularies over 1000 tokens).")] = TrainConfig.batch_size,
     optimizer: Annotated[Literal["adamw", "sgd", "ntasgd"], typer.Option(help="Optimiser: adamw; sgd; ntasgd: SGD that starts averaging the weights once the validation loss stops improving (see --nonmono), evaluating and saving the average. Vocabularies over 1000 tokens default to sgd.")] = TrainConfig.optimizer,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (20 for vocabularies over 1000 tokens).")] = TrainConfig.lr,
@@ -268,7 +269,7 @@ def train(
             "cell", "layers", "embedding_size", "hidden_size", "dropout", "input_dropout", "layer_dropout",
             "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie")})
     config = TrainConfig(**{name: settings[name] for name in (
-        "bptt", "batch_size", "optimizer", "lr", "weight_decay", "clip", "schedule", "lr_decay", "decay_start",
+        "bptt", "variable_bptt", "batch_size", "optimizer", "lr", "weight_decay", "clip", "schedule", "lr_decay", "decay_start",
         "nonmono", "warmup_steps", "precision", "random_seed")}, **timing)
     train_model(corpus_data, output or default_output_dir(corpus, settings["cell"]), model_config, config, TrainingDisplay())
 

@@ -596,8 +596,10 @@ def open_corpus(sources: Sequence[str], options: PrepareOptions,
     return prepare(sources, cached, options, reporter)
 
 
-def stream_batches(tokens: np.ndarray, batch_size: int, bptt: int, start_column: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Stateful TBPTT batches: the stream cut into `batch_size` rows, read `bptt` columns at a time.
+def stream_batches(tokens: np.ndarray, batch_size: int, bptt: int, start_column: int = 0,
+                   window_length: Callable[[int], int] | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Stateful TBPTT batches: the stream cut into `batch_size` rows, read `bptt` columns at a time,
+    or `window_length(column)` columns from each column on where that is given.
 
     Yields (column, inputs, targets); row r of one batch continues row r of the previous one,
     so the recurrent state can be carried across batches.
@@ -606,7 +608,24 @@ def stream_batches(tokens: np.ndarray, batch_size: int, bptt: int, start_column:
     if row_length < 1:
         raise UserError(f"the training split ({len(tokens)} tokens) is too small for batch size {batch_size}")
     inputs = np.lib.stride_tricks.as_strided(tokens, (batch_size, row_length + 1), (row_length * tokens.itemsize, tokens.itemsize))
-    for column in range(start_column, row_length, bptt):
-        width = min(bptt, row_length - column)
+    column = start_column
+    while column < row_length:
+        width = min(window_length(column) if window_length else bptt, row_length - column)
         window = np.asarray(inputs[:, column : column + width + 1], dtype=np.int64)
         yield column, window[:, :-1], window[:, 1:]
+        column += width
+
+
+def variable_window_length(bptt: int, seed: int, epoch: int) -> Callable[[int], int]:
+    """AWD-LSTM's window lengths (Merity et al. 2017): about `bptt`, or about half of it one time
+    in twenty, with a standard deviation of 5 tokens, from 5 (or `bptt`, if smaller) to `bptt` + 40,
+    so that windows start at every offset over the epochs.
+
+    Each length is a function of the seed, the epoch and the column, so a resumed run reads the
+    windows that an uninterrupted one would.
+    """
+    def length(column: int) -> int:
+        rng = np.random.default_rng((seed % 2**64, epoch, column))
+        centre = bptt if rng.random() < 0.95 else bptt / 2
+        return int(np.clip(int(rng.normal(centre, 5)), min(5, bptt), bptt + 40))
+    return length

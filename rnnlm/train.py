@@ -28,7 +28,7 @@ from torch import Tensor
 
 from rnnlm import checkpoint
 from rnnlm.config import TrainConfig
-from rnnlm.data import PreparedCorpus, stream_batches
+from rnnlm.data import PreparedCorpus, stream_batches, variable_window_length
 from rnnlm.errors import UserError
 from rnnlm.model import (
     ModelConfig,
@@ -337,7 +337,8 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
         torch.manual_seed(config.random_seed + dist.rank)  # the same initial weights, but dropout of its own
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     row_length = (len(train_tokens) - 1) // config.batch_size
-    steps_per_epoch = math.ceil(row_length / config.bptt)
+    mean_window = config.bptt * (0.975 if config.variable_bptt else 1)  # variable: 95% about bptt, 5% about half
+    steps_per_epoch = math.ceil(row_length / mean_window)
     planned_steps = steps_per_epoch * config.epochs if config.epochs else None
     eval_interval = config.eval_interval or (max(5.0, config.max_time / 20) if config.max_time else 30.0)
     local_rows = slice(dist.rank * config.batch_size // dist.world_size, (dist.rank + 1) * config.batch_size // dist.world_size)
@@ -469,15 +470,18 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
         while config.epochs is None or run.epoch <= config.epochs:
             tokens = corpus.train_tokens(run.epoch)  # a sampled segmentation per epoch under subword regularisation
             epoch_row_length = (len(tokens) - 1) // config.batch_size
-            for column, inputs, targets in stream_batches(tokens, config.batch_size, config.bptt, run.column):
-                run.column = column + config.bptt
+            window_length = variable_window_length(config.bptt, config.random_seed, run.epoch) if config.variable_bptt else None
+            for column, inputs, targets in stream_batches(tokens, config.batch_size, config.bptt, run.column, window_length):
+                run.column = column + inputs.shape[1]
                 yield run.column >= epoch_row_length, inputs[local_rows], targets[local_rows]
 
     model.train()
     with deferred_interrupts() as interrupted:
         for end_of_epoch, inputs, targets in batches():
+            # a variable window's rate follows its length, so that every token weighs the same (AWD-LSTM)
+            window_scale = inputs.shape[1] / config.bptt if config.variable_bptt else 1.0
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, run.step, run.epoch, progress(), run.lr_scale)
+                group["lr"] = learning_rate(config, run.step, run.epoch, progress(), run.lr_scale) * window_scale
             x = torch.from_numpy(inputs).to(device, non_blocking=True)
             y = torch.from_numpy(targets).to(device, non_blocking=True)
             loss_value, finite, carried = train_step(trainer, optimizer, scaler, x, y, carried, config.clip, amp_dtype)

@@ -18,7 +18,7 @@ import torch
 
 from conftest import make_corpus, run_cli
 from rnnlm.checkpoint import CHECKPOINT, load_checkpoint, load_model, read_metrics
-from rnnlm.data import PrepareOptions, PreparedCorpus, load_prepared, prepare
+from rnnlm.data import PrepareOptions, PreparedCorpus, load_prepared, prepare, variable_window_length
 from rnnlm.errors import UserError
 from rnnlm.model import ModelConfig, RNNLanguageModel
 from rnnlm.train import SilentReporter, TrainConfig, train
@@ -89,6 +89,29 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_losses(tmp_path: Path) -
     for step, loss in resumed.losses.items():
         assert loss == pytest.approx(reference.losses[step], rel=1e-6), step
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [r["step"] for r in read_metrics(tmp_path / "reference")]
+
+
+def test_variable_windows_scale_the_rate_to_their_length_and_resume_exactly(tmp_path: Path) -> None:
+    corpus = small_corpus(tmp_path)
+    config = replace(RUN, variable_bptt=True, bptt=12, schedule="constant", warmup_steps=0, eval_every=1,
+                     checkpoint_every=10_000, epochs=2, patience=None)
+    reference = LossLog()
+    train(corpus, tmp_path / "reference", model_config(corpus), config, reference)
+    records = [r for r in read_metrics(tmp_path / "reference") if r["epoch"] == 1]
+    row_length = (len(corpus.splits["train"]) - 1) // config.batch_size
+    length, column, expected = variable_window_length(12, config.random_seed, 1), 0, []
+    while column < row_length:
+        expected.append(min(length(column), row_length - column))
+        column += expected[-1]
+    assert [r["lr"] / config.lr * config.bptt for r in records] == pytest.approx(expected)
+    assert len(set(expected)) > 3
+
+    train(corpus, tmp_path / "run", model_config(corpus), replace(config, epochs=1), LossLog())
+    resumed = LossLog()
+    train(corpus, tmp_path / "run", model_config(corpus), config, resumed, resume=True)
+    assert min(resumed.losses) == len(expected) + 1
+    for step, loss in resumed.losses.items():
+        assert loss == pytest.approx(reference.losses[step], rel=1e-6), step
 
 
 def test_cli_resume_extends_a_finished_run_and_rejects_shape_changes(tmp_path: Path) -> None:
