@@ -34,7 +34,7 @@ BENCHMARKS ?= $(sort $(wildcard benchmarks/*_throughput.py))
 bench: install
 	@for benchmark in $(BENCHMARKS); do echo "== $$benchmark"; $(BIN)/python $$benchmark || exit 1; done
 
-# Quality under a wall-clock budget against the pytorch/examples loop: about 1h45 on 2 cores.
+# Quality under a wall-clock budget against the pytorch/examples loop: about 2 hours on 2 cores.
 bench-quality: install
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[bench]"
 	$(BIN)/python benchmarks/ptb.py $(if $(MIRROR),--corpora $(MIRROR),)

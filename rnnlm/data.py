@@ -616,6 +616,14 @@ def stream_batches(tokens: np.ndarray, batch_size: int, bptt: int, start_column:
         column += width
 
 
+SHORT_WINDOW_SHARE = 0.05  # variable windows centred on half of bptt
+
+
+def mean_window_length(bptt: int, variable: bool) -> float:
+    """The average window, for planning a run's steps: with variable windows, a little under bptt."""
+    return bptt * (1 - SHORT_WINDOW_SHARE / 2) if variable else float(bptt)
+
+
 def variable_window_length(bptt: int, seed: int, epoch: int) -> Callable[[int], int]:
     """AWD-LSTM's window lengths (Merity et al. 2017): about `bptt`, or about half of it one time
     in twenty, with a standard deviation of 5 tokens, from 5 (or `bptt`, if smaller) to `bptt` + 40,
@@ -626,6 +634,6 @@ def variable_window_length(bptt: int, seed: int, epoch: int) -> Callable[[int], 
     """
     def length(column: int) -> int:
         rng = np.random.default_rng((seed % 2**64, epoch, column))
-        centre = bptt if rng.random() < 0.95 else bptt / 2
+        centre = bptt / 2 if rng.random() < SHORT_WINDOW_SHARE else bptt
         return int(np.clip(int(rng.normal(centre, 5)), min(5, bptt), bptt + 40))
     return length

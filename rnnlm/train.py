@@ -28,7 +28,7 @@ from torch import Tensor
 
 from rnnlm import checkpoint
 from rnnlm.config import TrainConfig
-from rnnlm.data import PreparedCorpus, stream_batches, variable_window_length
+from rnnlm.data import PreparedCorpus, mean_window_length, stream_batches, variable_window_length
 from rnnlm.errors import UserError
 from rnnlm.model import (
     ModelConfig,
@@ -337,8 +337,7 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
         torch.manual_seed(config.random_seed + dist.rank)  # the same initial weights, but dropout of its own
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     row_length = (len(train_tokens) - 1) // config.batch_size
-    mean_window = config.bptt * (0.975 if config.variable_bptt else 1)  # variable: 95% about bptt, 5% about half
-    steps_per_epoch = math.ceil(row_length / mean_window)
+    steps_per_epoch = math.ceil(row_length / mean_window_length(config.bptt, config.variable_bptt))
     planned_steps = steps_per_epoch * config.epochs if config.epochs else None
     eval_interval = config.eval_interval or (max(5.0, config.max_time / 20) if config.max_time else 30.0)
     local_rows = slice(dist.rank * config.batch_size // dist.world_size, (dist.rank + 1) * config.batch_size // dist.world_size)
