@@ -1,5 +1,19 @@
-"""The one exception type the command line turns into a one-line message and exit code 1."""
+"""The exceptions the command line turns into a one-line message and exit code 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 
 class UserError(Exception):
     """Bad input from the user: a missing file, a corrupt model, an invalid option value."""
+
+
+class DirectoryBusy(UserError):
+    """Another process is writing the directory (or pointer file) this one wants to write."""
+
+    def __init__(self, target: Path, pid: int | None) -> None:
+        holder = f" (pid {pid})" if pid and pid > 0 else ""
+        super().__init__(f"{target} is being written by another rnnlm process{holder}")
+        self.target = target
+        self.pid = pid
