@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rnnlm import locks
 from rnnlm.errors import UserError
-from rnnlm.fileio import atomic_directory, write_bytes_atomic, write_text_atomic
+from rnnlm.fileio import write_bytes_atomic, write_text_atomic
 from rnnlm.model import ModelConfig, RNNLanguageModel
+from rnnlm.outputs import DirectoryKind, build_aside, read_marker, replaced_whole
 from rnnlm.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
 
 CONFIG = "config.json"
@@ -29,6 +31,10 @@ CHECKPOINT = "checkpoint"
 CHECKPOINT_STATE = "state.json"
 CHECKPOINT_TENSORS = "rng.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
+RETIRED_CHECKPOINT = f".{CHECKPOINT}.old"  # the previous checkpoint, kept while the new one is renamed in
+TENSORBOARD = "tensorboard"
+MODEL_DIRECTORY = DirectoryKind("model directory", CONFIG, MODEL_FORMAT, 1,
+                                (CONFIG, WEIGHTS, TOKENIZER, METRICS, CHECKPOINT, RETIRED_CHECKPOINT, TENSORBOARD))
 
 
 @dataclass
@@ -50,8 +56,9 @@ def weights_bytes(model: RNNLanguageModel, metadata: dict[str, str]) -> bytes:
 
 def create_model_dir(directory: Path, model: RNNLanguageModel, tokenizer: Tokenizer, config: dict[str, Any],
                      weights_metadata: dict[str, str]) -> None:
-    """Write a complete model directory in one step, replacing an older model directory there."""
-    with atomic_directory(directory, (CONFIG,)) as building:
+    """Write a complete model directory, or replace the files of an older rnnlm model there (the
+    caller holds outputs.claimed(directory); any other file there is left as it is)."""
+    with build_aside(directory, MODEL_DIRECTORY) as building:
         write_text_atomic(building / CONFIG, json.dumps(config, indent=2) + "\n")
         save_tokenizer(tokenizer, building / TOKENIZER)
         write_bytes_atomic(building / WEIGHTS, weights_bytes(model, weights_metadata))
@@ -77,10 +84,16 @@ def keep_metrics_until(directory: Path, step: int) -> None:
 class Checkpoint:
     """Everything a run needs to continue exactly where it stopped."""
 
+    path: Path  # the checkpoint directory read, for messages that name its files
     weights: dict[str, Any]
     optimizer: dict[str, Any]
     state: dict[str, Any]
     tensors: dict[str, Any]  # random generator states and the recurrent state carried across batches
+    note: str = ""  # where an older complete checkpoint lies, if one does
+
+    def fault(self, name: str, problem: str) -> UserError:
+        """The error for a checkpoint file that does not fit the run it should continue."""
+        return UserError(f"{self.path / name}: {problem}{self.note}")
 
 
 def save_checkpoint(directory: Path, model: RNNLanguageModel, optimizer_state: dict[str, Any], state: dict[str, Any],
@@ -93,7 +106,7 @@ def save_checkpoint(directory: Path, model: RNNLanguageModel, optimizer_state: d
 
     buffer = io.BytesIO()
     torch.save(optimizer_state, buffer)
-    with atomic_directory(directory / CHECKPOINT, (CHECKPOINT_STATE,)) as building:
+    with replaced_whole(directory / CHECKPOINT) as building:
         write_bytes_atomic(building / WEIGHTS, weights_bytes(model, {"step": str(state["step"])}))
         write_bytes_atomic(building / CHECKPOINT_OPTIMIZER, buffer.getvalue())
         write_bytes_atomic(building / CHECKPOINT_TENSORS, save({k: v.contiguous() for k, v in tensors.items()}))
@@ -101,62 +114,156 @@ def save_checkpoint(directory: Path, model: RNNLanguageModel, optimizer_state: d
 
 
 def load_checkpoint(directory: Path, device: str) -> Checkpoint:
-    """The checkpoint of a model directory (or the one kept aside, if a kill came mid-swap)."""
-    import torch
+    """The checkpoint of a model directory (or the one kept aside, if a kill came mid-swap), each file
+    read and checked on its own so that a damaged one is named."""
+    path = directory / CHECKPOINT
+    if not path.is_dir():
+        path = directory / RETIRED_CHECKPOINT  # the swap had moved it aside when the run was killed
+    if not path.is_dir():
+        raise UserError(f"{directory}: no checkpoint to resume from ({CHECKPOINT}/ is missing)")
+    note = older_checkpoint_note(directory, path)
+    return Checkpoint(path=path, weights=read_safetensors(path / WEIGHTS, note),
+                      optimizer=_read_optimizer(path / CHECKPOINT_OPTIMIZER, device, note),
+                      state=_read_state(path / CHECKPOINT_STATE, note),
+                      tensors=read_safetensors(path / CHECKPOINT_TENSORS, note), note=note)
+
+
+def older_checkpoint_note(directory: Path, used: Path) -> str:
+    """Where another complete checkpoint lies, for messages about a damaged one."""
+    other = directory / (RETIRED_CHECKPOINT if used.name == CHECKPOINT else CHECKPOINT)
+    if all((other / name).is_file() for name in (WEIGHTS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE, CHECKPOINT_TENSORS)):
+        return f"; an older checkpoint is in {other}"
+    return ""
+
+
+def read_safetensors(path: Path, note: str = "") -> dict[str, Any]:
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
-    path = directory / CHECKPOINT
-    if not (path / CHECKPOINT_STATE).exists():
-        path = directory / f".{CHECKPOINT}.old"  # replace_directory had moved it aside when it was killed
-    if not (path / CHECKPOINT_STATE).exists():
-        raise UserError(f"{directory}: no checkpoint to resume from")
+    data = _read_file(path, note)
     try:
-        return Checkpoint(
-            weights=load((path / WEIGHTS).read_bytes()),
-            optimizer=torch.load(path / CHECKPOINT_OPTIMIZER, map_location=device, weights_only=True),
-            state=json.loads((path / CHECKPOINT_STATE).read_text(encoding="utf-8")),
-            tensors=load((path / CHECKPOINT_TENSORS).read_bytes()),
-        )
-    except (OSError, ValueError, RuntimeError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"{path}: corrupt checkpoint ({message})") from None
+        return load(data)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
+        raise UserError(f"{path}: not a valid safetensors file ({_first_line(error)}){note}") from None
+
+
+def _read_optimizer(path: Path, device: str, note: str) -> dict[str, Any]:
+    """Optimiser state through torch.load(weights_only=True): tensors and plain containers, nothing unpickled."""
+    import io
+
+    import torch
+
+    data = _read_file(path, note)
+    try:
+        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception as error:  # torch.load reports damage through many types (pickle, zip, EOF, runtime)
+        raise UserError(f"{path}: not a valid optimiser state ({_first_line(error)}){note}") from None
+    if not isinstance(state, dict) or not {"state", "param_groups"} <= state.keys():
+        raise UserError(f"{path}: not an optimiser state (no 'state' and 'param_groups'){note}")
+    return state
+
+
+def _read_state(path: Path, note: str) -> dict[str, Any]:
+    try:
+        state = json.loads(_read_file(path, note))
+    except ValueError as error:
+        raise UserError(f"{path}: not valid JSON ({_first_line(error)}){note}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a run state (a JSON object is expected){note}")
+    return state
+
+
+def _read_file(path: Path, note: str = "") -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: is missing{note}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a file{note}") from None
+    if not data:
+        raise UserError(f"{path}: is empty{note}")
+    return data
 
 
 def read_metrics(directory: Path) -> list[dict[str, Any]]:
+    """The evaluation records, each line checked: a damaged line is named rather than skipped."""
     path = directory / METRICS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: is missing") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: is not UTF-8 text") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise UserError(f"{path}: line {number} is not an evaluation record")
+        records.append(record)
+    return records
+
+
+def read_model_config(directory: Path) -> dict[str, Any]:
+    """config.json, checked to be an rnnlm model's in a version this rnnlm reads."""
+    return read_marker(directory, MODEL_DIRECTORY)
+
+
+def model_config_from(config: dict[str, Any], directory: Path) -> ModelConfig:
+    try:
+        return ModelConfig(**config["model"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"{directory / CONFIG}: the model settings are not valid ({_first_line(error)})") from None
 
 
 def load_model(directory: Path | None, device: str = "cpu") -> LoadedModel:
     """Open a model directory (the latest trained model when `directory` is None)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    import torch
 
-    directory = directory if directory is not None else latest_model()
+    from rnnlm.sizing import check_fits, inference_bytes
+
+    directory = Path(directory) if directory is not None else latest_model()
     if not directory.is_dir():
         raise UserError(f"{directory}: no such model directory")
-    try:
-        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
-        if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
-            raise ValueError(f"format is not {MODEL_FORMAT!r}")
-        model = RNNLanguageModel(ModelConfig(**config["model"]))
-        tensors = load((directory / WEIGHTS).read_bytes())
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
-        if unexpected or set(missing) - ({"decoder.weight"} if model.config.tie else set()):
-            raise ValueError(f"weights do not match the configuration (missing {missing}, unexpected {unexpected})")
-    except FileNotFoundError as error:
-        raise UserError(f"{directory}: not a model directory ({Path(error.filename).name} is missing)") from None
-    except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"{directory}: corrupt model directory ({message})") from None
-    tokenizer = load_tokenizer(directory / TOKENIZER)
+    with locks.reading(directory):
+        if not (directory / CONFIG).exists() and locks.writer_pid(directory):
+            raise UserError(f"{directory}: not a model yet (training started there but has saved no model so far)")
+        config = read_model_config(directory)
+        model_config = model_config_from(config, directory)
+        check_fits(inference_bytes(model_config), torch.device(device), f"the model in {directory}")
+        model = RNNLanguageModel(model_config)
+        load_weights(model, read_safetensors(directory / WEIGHTS), directory / WEIGHTS)
+        tokenizer = load_tokenizer(directory / TOKENIZER)
     if tokenizer.vocab_size != model.config.vocab_size:
-        raise UserError(f"{directory}: corrupt model directory (the tokenizer has {tokenizer.vocab_size} tokens, "
-                        f"the model {model.config.vocab_size})")
+        raise UserError(f"{directory / TOKENIZER}: has {tokenizer.vocab_size} tokens where the model has "
+                        f"{model.config.vocab_size}")
     model.to(device).eval()
     return LoadedModel(directory, model, tokenizer, config)
+
+
+def load_weights(model: RNNLanguageModel, tensors: dict[str, Any], path: Path, note: str = "") -> None:
+    """Load weights, naming the file when their names or shapes do not fit the model."""
+    missing = set(model.state_dict()) - set(tensors) - ({"decoder.weight"} if model.config.tie else set())
+    unexpected = set(tensors) - set(model.state_dict())
+    if missing or unexpected:
+        raise UserError(f"{path}: the weights do not fit the model settings (missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]}){note}")
+    try:
+        model.load_state_dict(tensors, strict=False)
+    except RuntimeError as error:
+        raise UserError(f"{path}: the weights do not fit the model settings ({_shape_error(error)}){note}") from None
+
+
+def _shape_error(error: RuntimeError) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+    return lines[0].rstrip(".") if lines else _first_line(error)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def data_home() -> Path:

@@ -19,7 +19,7 @@ import typer
 
 from rnnlm import __version__
 from rnnlm.config import PRESETS, DynamicEvaluation, Preset, SamplingConfig, TrainConfig
-from rnnlm.errors import UserError
+from rnnlm.errors import InvalidOption, UserError
 
 if TYPE_CHECKING:
     from rnnlm.data import PrepareOptions
@@ -45,7 +45,7 @@ TokenizerOption = Annotated[Optional[Literal["char", "word", "bpe", "unigram"]],
     help="Tokenizer, built from the training text: char (Unicode characters), word (whitespace words), bpe or unigram "
     "(sentencepiece subwords with byte fallback) (default: char; word for the catalogue corpus ptb).")]
 VocabSizeOption = Annotated[Optional[int], typer.Option(
-    "--vocab-size", min=3, show_default=False,
+    "--vocab-size", min=3, max=1 << 31, show_default=False,
     help="Vocabulary size, end-of-line and unknown tokens included (word, bpe, unigram) "
     "(default: every training word for word, 8000 for bpe and unigram).")]
 MinCountOption = Annotated[int, typer.Option(
@@ -55,14 +55,14 @@ SubwordAlphaOption = Annotated[float, typer.Option(
     help="Subword regularisation (bpe, unigram): train on sampled segmentations; bpe: BPE-dropout probability, "
     "unigram: sampling smoothing. 0: off.")]
 SubwordSamplesOption = Annotated[int, typer.Option(
-    "--subword-samples", min=1,
+    "--subword-samples", min=1, max=100,
     help="With --subword-alpha: sampled encodings of the training text written; training reads one per epoch in turn.")]
 ValidOption = Annotated[Optional[str], typer.Option("--valid", help="Validation text file (default: split off the corpus).")]
 TestOption = Annotated[Optional[str], typer.Option("--test", help="Test text file (default: split off the corpus).")]
 ValidFractionOption = Annotated[float, typer.Option(
-    "--valid-fraction", help="Without --valid/--test: fraction of lines, before the test lines at the end, held out for validation.")]
+    "--valid-fraction", min=0.0, max=1.0, help="Without --valid/--test: fraction of lines, before the test lines at the end, held out for validation.")]
 TestFractionOption = Annotated[float, typer.Option(
-    "--test-fraction", help="Without --valid/--test: fraction of lines at the end held out for testing.")]
+    "--test-fraction", min=0.0, max=1.0, help="Without --valid/--test: fraction of lines at the end held out for testing.")]
 MirrorOption = Annotated[Optional[str], typer.Option(
     "--mirror", envvar="RNNLM_CORPUS_MIRROR", show_envvar=True,
     help="Folder holding local copies of the catalogue corpora (e.g. MIRROR/ptb/ptb.train.txt), used instead of downloading.")]
@@ -155,6 +155,9 @@ def _prepare_options(corpus: list[str], tokenizer: Optional[str], vocab_size: Op
 
 
 PRESET_NAMES = ", ".join(PRESETS)
+MAX_RANDOM_SEED = 2**63 - 1  # torch's and numpy's generators take any seed up to this
+MAX_LAYERS = 100
+MAX_BATCH_ROWS = 10_000  # beams or samples decoded side by side
 
 
 @app.command()
@@ -164,7 +167,7 @@ def train(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory (default: models/NAME-CELL-TIME).")] = None,
     preset: Annotated[Optional[str], typer.Option(help=f"A published configuration ({PRESET_NAMES}; 'rnnlm presets' lists their settings and sources). Options given on the command line override it.", show_default=False)] = None,
     cell: Annotated[Literal["lstm", "gru", "rnn_tanh", "rnn_relu"], typer.Option(help="Recurrent cell.")] = "lstm",
-    layers: Annotated[int, typer.Option(min=1, help="Recurrent layers.")] = 2,
+    layers: Annotated[int, typer.Option(min=1, max=MAX_LAYERS, help="Recurrent layers.")] = 2,
     embedding_size: Annotated[Optional[int], typer.Option(min=1, help="Embedding size (default: chosen from the corpus size).")] = None,
     hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size (default: 256 below 500,000 training tokens or under a budget below 10 minutes, else 512).")] = None,
     dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on the top layer's outputs, and on the embeddings and between layers unless --input-dropout or --layer-dropout say otherwise (default: chosen from the corpus size, the vocabulary and the model size).")] = None,
@@ -186,7 +189,7 @@ def train(
     weight_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay (adamw: decoupled, on matrices only; sgd, ntasgd: L2 on every weight) (0 for vocabularies over 1000 tokens).")] = TrainConfig.weight_decay,
     clip: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0: off) (0.25 for vocabularies over 1000 tokens).")] = TrainConfig.clip,
     schedule: Annotated[Literal["cosine", "constant", "plateau", "step"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth by the end of --epochs or --max-time, constant, plateau (halved after every validation that is not the best), or step (times --lr-decay each epoch after --decay-start).")] = TrainConfig.schedule,
-    lr_decay: Annotated[float, typer.Option(help="step schedule: the factor applied to the learning rate at each epoch after --decay-start.")] = TrainConfig.lr_decay,
+    lr_decay: Annotated[float, typer.Option(min=0.0, max=1.0, help="step schedule: the factor applied to the learning rate at each epoch after --decay-start.")] = TrainConfig.lr_decay,
     decay_start: Annotated[int, typer.Option(min=0, help="step schedule: epochs at the full learning rate.")] = TrainConfig.decay_start,
     nonmono: Annotated[int, typer.Option(min=1, help="ntasgd: start averaging when a validation loss is worse than the best one from before the last N validations.")] = TrainConfig.nonmono,
     warmup_steps: Annotated[int, typer.Option(min=0, help="Steps of linear learning-rate warm-up.")] = TrainConfig.warmup_steps,
@@ -200,7 +203,7 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run whose model directory this is, from its checkpoint, with its saved settings; only the options that set how long and how often (--epochs, --max-time, --patience, --eval-*, --checkpoint-*) and --device may be given anew.", show_default=False)] = None,
     precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = TrainConfig.precision,
     device: DeviceOption = "auto",
-    random_seed: Annotated[int, typer.Option(help="Seed for weights, dropout and batching.")] = TrainConfig.random_seed,
+    random_seed: Annotated[int, typer.Option(min=0, max=MAX_RANDOM_SEED, help="Seed for weights, dropout and batching.")] = TrainConfig.random_seed,
     tokenizer: TokenizerOption = None,
     vocab_size: VocabSizeOption = None,
     min_count: MinCountOption = 1,
@@ -226,7 +229,9 @@ def train(
     from rnnlm.data import open_corpus
     from rnnlm.display import PrepareDisplay, TrainingDisplay
     from rnnlm.durations import parse_duration
-    from rnnlm.train import MODEL_SETTINGS, default_model_config, default_output_dir, default_training
+    from rnnlm.checkpoint import MODEL_DIRECTORY
+    from rnnlm.outputs import claimed
+    from rnnlm.train import default_output_dir
     from rnnlm.train import train as train_model
 
     given = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
@@ -255,14 +260,26 @@ def train(
         changes = {name: value for name, value in timing.items() if name in given}
         if "epochs" in given and "max_time" not in given:
             changes["max_time"] = None  # as for a new run: --epochs alone sets no time budget
-        corpus_data, model_config, config = resumed_settings(resume, changes)
-        train_model(corpus_data, resume, model_config, config, TrainingDisplay(), resume=True)
+        with claimed(resume, MODEL_DIRECTORY) as directory:
+            corpus_data, model_config, config = resumed_settings(directory, changes)
+            train_model(corpus_data, directory, model_config, config, TrainingDisplay(), resume=True)
         return
     if not corpus:
         raise typer.BadParameter("give a corpus to train on, or --resume MODEL_DIR", param_hint="'CORPUS...'")
     options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
                                valid_fraction, test_fraction, encoding_errors)
-    corpus_data = open_corpus(*resolve_sources(corpus, options, mirror), PrepareDisplay())
+    with claimed(output or default_output_dir(corpus, settings["cell"]), MODEL_DIRECTORY) as directory:
+        corpus_data = open_corpus(*resolve_sources(corpus, options, mirror), PrepareDisplay())
+        _train_new(corpus_data, directory, settings, chosen_settings, timing)
+
+
+def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_settings: set[str],
+               timing: dict[str, Any]) -> None:
+    """Train a new model with the corpus-based defaults where the user and the preset left a choice."""
+    from rnnlm.display import TrainingDisplay
+    from rnnlm.train import MODEL_SETTINGS, default_model_config, default_training
+    from rnnlm.train import train as train_model
+
     settings |= {name: value for name, value in default_training(corpus_data).items() if name not in chosen_settings}
     model_config = default_model_config(corpus_data, timing["max_time"], **{
         MODEL_SETTINGS.get(name, name): settings[name] for name in (
@@ -271,7 +288,7 @@ def train(
     config = TrainConfig(**{name: settings[name] for name in (
         "bptt", "variable_bptt", "batch_size", "optimizer", "lr", "weight_decay", "clip", "schedule", "lr_decay", "decay_start",
         "nonmono", "warmup_steps", "precision", "random_seed")}, **timing)
-    train_model(corpus_data, output or default_output_dir(corpus, settings["cell"]), model_config, config, TrainingDisplay())
+    train_model(corpus_data, output, model_config, config, TrainingDisplay())
 
 
 def option_text(name: str, value: object) -> str:
@@ -314,19 +331,20 @@ def resumed_settings(directory: Path, changes: dict[str, Any]) -> tuple[Any, Any
     """The corpus, model shape and training settings saved in a model directory, with `changes` applied."""
     from dataclasses import fields
 
-    from rnnlm.checkpoint import CONFIG
+    from rnnlm.checkpoint import CONFIG, model_config_from, read_model_config
     from rnnlm.data import load_prepared
-    from rnnlm.model import ModelConfig
 
+    saved = read_model_config(directory)
     try:
-        saved = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
         known = {f.name for f in fields(TrainConfig)}
         config = TrainConfig(**{k: v for k, v in saved["training"].items() if k in known} | changes)
-        return load_prepared(Path(saved["corpus"]["directory"])), ModelConfig(**saved["model"]), config
-    except FileNotFoundError as error:
-        raise UserError(f"{directory}: cannot resume ({Path(error.filename).name} is missing)") from None
+        corpus_directory = Path(saved["corpus"]["directory"])
     except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{directory}: cannot resume (config.json: {error})") from None
+        raise UserError(f"{directory / CONFIG}: the training settings are not valid ({error})") from None
+    if not corpus_directory.is_dir():
+        raise UserError(f"{directory / CONFIG}: the prepared corpus the model was trained on, {corpus_directory}, "
+                        "is missing; resuming needs it")
+    return load_prepared(corpus_directory), model_config_from(saved, directory), config
 
 
 @app.command()
@@ -335,17 +353,17 @@ def sample(
     model: ModelOption = None,
     seed: Annotated[str, typer.Option(help="Prompt text the sample continues (any UTF-8; empty: start of a line).")] = "",
     strategy: Annotated[Literal["greedy", "sample", "beam"], typer.Option(help="greedy: the most likely token each step; sample: draw from the distribution; beam: beam search for the most likely continuations.")] = SamplingConfig.strategy,
-    temperature: Annotated[float, typer.Option(help="sample: divide the logits by this before drawing; 0 is greedy.")] = SamplingConfig.temperature,
-    top_k: Annotated[int, typer.Option(help="sample: draw only among the k most likely tokens (0: all).")] = SamplingConfig.top_k,
-    top_p: Annotated[float, typer.Option(help="sample: draw only from the smallest set of most likely tokens whose probability reaches p (1: all).")] = SamplingConfig.top_p,
-    beam_size: Annotated[int, typer.Option(help="beam: hypotheses kept at each step.")] = SamplingConfig.beam_size,
+    temperature: Annotated[float, typer.Option(min=0.0, help="sample: divide the logits by this before drawing; 0 is greedy.")] = SamplingConfig.temperature,
+    top_k: Annotated[int, typer.Option(min=0, help="sample: draw only among the k most likely tokens (0: all).")] = SamplingConfig.top_k,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="sample: draw only from the smallest set of most likely tokens whose probability reaches p (1: all).")] = SamplingConfig.top_p,
+    beam_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH_ROWS, help="beam: hypotheses kept at each step.")] = SamplingConfig.beam_size,
     length_penalty: Annotated[float, typer.Option(help="beam: rank hypotheses by logprob / tokens^ALPHA (0: total log-probability, 1: per token); matters when --stop or --until-eol end them at different lengths.")] = SamplingConfig.length_penalty,
-    length: Annotated[int, typer.Option(help="Tokens to generate after the seed (at most, with --stop or --until-eol).")] = SamplingConfig.length,
-    num_samples: Annotated[int, typer.Option(help="Samples, generated together as one batch; with beam, the N best hypotheses (N at most --beam-size).")] = SamplingConfig.num_samples,
+    length: Annotated[int, typer.Option(min=0, help="Tokens to generate after the seed (at most, with --stop or --until-eol).")] = SamplingConfig.length,
+    num_samples: Annotated[int, typer.Option(min=1, max=MAX_BATCH_ROWS, help="Samples, generated together as one batch; with beam, the N best hypotheses (N at most --beam-size).")] = SamplingConfig.num_samples,
     stop: Annotated[Optional[list[str]], typer.Option(help="End a sample once its generated text contains this string, which is kept in the output (repeatable).")] = None,
     until_eol: Annotated[bool, typer.Option("--until-eol", help="End a sample at its first end of line, which is kept in the output.")] = False,
     output_format: Annotated[Literal["text", "jsonl"], typer.Option("--format", help="text: the seed and its continuation; jsonl: one object per sample with seed, text (the continuation), logprob, score, tokens, stopped and the settings.")] = "text",
-    random_seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible samples (default: fresh randomness, recorded in --format jsonl).")] = None,
+    random_seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_RANDOM_SEED, help="Seed for reproducible samples (default: fresh randomness, recorded in --format jsonl).")] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Generate text that continues --seed: greedy, sampled (temperature, then top-k, then top-p) or by beam search.
@@ -410,7 +428,7 @@ def score(
     utt_id: Annotated[bool, typer.Option("--utt-id", help="The first whitespace-separated field of each line is an identifier: printed first (jsonl: key id), never scored.")] = False,
     summary: Annotated[bool, typer.Option("--summary", help="Print corpus totals on stderr: total log-probability, tokens, OOV, perplexity per token and word, bits per character, speed.")] = False,
     unbuffered: Annotated[bool, typer.Option("--unbuffered", help="Read, score and flush one line at a time, for interactive pipes (slower than batches).")] = False,
-    chunk_lines: Annotated[int, typer.Option(min=1, help="Lines read, scored as length-sorted batches and written (then flushed) per chunk; bounds memory on endless input.")] = 2048,
+    chunk_lines: Annotated[int, typer.Option(min=1, max=1 << 20, help="Lines read, scored as length-sorted batches and written (then flushed) per chunk; bounds memory on endless input.")] = 2048,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
 ) -> None:
@@ -456,9 +474,9 @@ def perplexity(
     independent_lines: Annotated[bool, typer.Option("--independent-lines", help="Score each line from a fresh state (equals the sum of 'rnnlm score'); default: one running stream.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: mode, tokens, words, chars, lines, oov, nll (total, nats), ppl (per token), word_ppl, bpc, ppl_excluding_oov, tokens_excluding_oov, nats_per_token.")] = False,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic evaluation (Krause et al. 2018): after scoring each segment of the stream, take one SGD step on it, so the model adapts to the text as it reads. Off by default.")] = False,
-    dynamic_lr: Annotated[float, typer.Option(help="With --dynamic: the SGD learning rate of each adaptation step.")] = DynamicEvaluation.lr,
-    dynamic_decay: Annotated[float, typer.Option(help="With --dynamic: fraction of the way back to the trained weights after each step (0: none).")] = DynamicEvaluation.decay,
-    dynamic_segment: Annotated[int, typer.Option(help="With --dynamic: tokens scored between two adaptation steps.")] = DynamicEvaluation.segment,
+    dynamic_lr: Annotated[float, typer.Option(min=0.0, help="With --dynamic: the SGD learning rate of each adaptation step.")] = DynamicEvaluation.lr,
+    dynamic_decay: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --dynamic: fraction of the way back to the trained weights after each step (0: none).")] = DynamicEvaluation.decay,
+    dynamic_segment: Annotated[int, typer.Option(min=1, help="With --dynamic: tokens scored between two adaptation steps.")] = DynamicEvaluation.segment,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
 ) -> None:
@@ -505,6 +523,8 @@ def main() -> None:
     try:
         code = command.main(args=sys.argv[1:], prog_name="rnnlm", standalone_mode=False)
         sys.stdout.flush()
+    except InvalidOption as error:
+        _fail(str(error), 2)
     except UserError as error:
         _fail(str(error), 1)
     except usage_error as error:

@@ -9,7 +9,7 @@ import math
 import secrets
 from dataclasses import dataclass, field
 
-from rnnlm.errors import UserError
+from rnnlm.errors import InvalidOption
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "ntasgd")
@@ -61,7 +61,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise UserError(message)
+                raise InvalidOption(message)
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class SamplingConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise UserError(message)
+                raise InvalidOption(message)
 
 
 @dataclass
@@ -169,4 +169,4 @@ class DynamicEvaluation:
 
     def validate(self) -> None:
         if not (self.lr > 0 and 0 <= self.decay < 1 and self.segment >= 1):
-            raise UserError("--dynamic-lr must be positive, --dynamic-decay in [0, 1), --dynamic-segment at least 1")
+            raise InvalidOption("--dynamic-lr must be positive, --dynamic-decay in [0, 1), --dynamic-segment at least 1")

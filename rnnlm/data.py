@@ -35,10 +35,11 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
-from rnnlm.errors import UserError
+from rnnlm.errors import InvalidOption, UserError
+from rnnlm.outputs import DirectoryKind, build_aside, claimed, read_marker
+from rnnlm import locks
 from rnnlm.fileio import (
     ENCODING_ERRORS,
-    atomic_directory,
     check_readable_file,
     iter_text_chunks,
     open_binary_input,
@@ -59,6 +60,9 @@ from rnnlm.tokenizers import (
 
 SPLITS = ("train", "valid", "test")
 PREPARED_MARKER = "meta.json"
+PREPARED_DIRECTORY = DirectoryKind("prepared corpus directory", PREPARED_MARKER, "rnnlm-prepared", 1,
+                                   (PREPARED_MARKER, "tokenizer.json", *(f"{split}.bin" for split in SPLITS),
+                                    "train-sample-*.bin"))
 PARALLEL_MIN_BYTES = 64 << 20  # smaller corpora are tokenized in this process: workers take a second to start
 RENUMBER_BLOCK = 1 << 20  # token ids renumbered at a time
 SUBWORD_SAMPLE_BYTES = 32 << 20  # about this much training text is sampled for bpe/unigram (bounds memory)
@@ -108,7 +112,7 @@ class PrepareOptions:
 
     def validate(self) -> None:
         if self.tokenizer not in TOKENIZER_KINDS:
-            raise UserError(f"unknown tokenizer {self.tokenizer!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+            raise InvalidOption(f"unknown tokenizer {self.tokenizer!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
         checks = [
             (self.encoding_errors in ENCODING_ERRORS, "--encoding-errors must be 'strict' or 'replace'"),
             (self.vocab_size is None or self.tokenizer != "char",
@@ -119,10 +123,13 @@ class PrepareOptions:
             (0 <= self.subword_alpha <= 1, f"--subword-alpha must be from 0 to 1, got {self.subword_alpha}"),
             (not self.subword_alpha or self.tokenizer in SUBWORD_KINDS, "--subword-alpha needs --tokenizer bpe or unigram"),
             (self.subword_samples >= 1, f"--subword-samples must be at least 1, got {self.subword_samples}"),
+            (0 <= self.valid_fraction < 1, f"--valid-fraction must be at least 0 and below 1, got {self.valid_fraction}"),
+            (0 <= self.test_fraction < 1, f"--test-fraction must be at least 0 and below 1, got {self.test_fraction}"),
+            (self.valid_fraction + self.test_fraction < 1, "--valid-fraction and --test-fraction leave nothing to train on"),
         ]
         for ok, message in checks:
             if not ok:
-                raise UserError(message)
+                raise InvalidOption(message)
 
     @property
     def sample_count(self) -> int:
@@ -247,11 +254,6 @@ def count_lines(sources: Sequence[str], on_read: Callable[[int], None] | None = 
 
 def split_line_ranges(total_lines: int, valid_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
     """Train, then valid, then test, as contiguous line ranges at the end of the corpus."""
-    for name, fraction in (("valid", valid_fraction), ("test", test_fraction)):
-        if not 0 <= fraction < 1:
-            raise UserError(f"--{name}-fraction must be at least 0 and below 1, got {fraction}")
-    if valid_fraction + test_fraction >= 1:
-        raise UserError("--valid-fraction and --test-fraction leave nothing to train on")
     test_lines = math.ceil(total_lines * test_fraction - 1e-9) if test_fraction else 0
     valid_lines = math.ceil(total_lines * valid_fraction - 1e-9) if valid_fraction else 0
     train_lines = total_lines - valid_lines - test_lines
@@ -378,8 +380,18 @@ def encode_chunk(tokenizer: Tokenizer, dtype: type, alpha: float, samples: int, 
 
 
 def prepare(sources: Sequence[str], output: Path, options: PrepareOptions,
-            reporter: PrepareReporter | None = None) -> PreparedCorpus:
-    """Build the tokenizer on the training text and write every split's token ids under `output`."""
+            reporter: PrepareReporter | None = None, wait: bool = False) -> PreparedCorpus:
+    """Build the tokenizer on the training text and write every split's token ids under `output`.
+
+    `output` must be absent, empty or an rnnlm prepared directory (outputs.check_output), and no other
+    rnnlm process may be writing it: with `wait`, this one waits for that process, else it stops.
+    """
+    with claimed(output, PREPARED_DIRECTORY, wait) as target:
+        return _prepare(sources, target, options, reporter)
+
+
+def _prepare(sources: Sequence[str], output: Path, options: PrepareOptions,
+             reporter: PrepareReporter | None) -> PreparedCorpus:
     if not sources:
         raise UserError("no corpus given")
     options.validate()
@@ -389,7 +401,7 @@ def prepare(sources: Sequence[str], output: Path, options: PrepareOptions,
         if source not in (None, "-"):
             check_readable_file(Path(source))
     names = [_display_name(s) for s in sources]
-    with atomic_directory(output, (PREPARED_MARKER,)) as building, _spooled_stdin(sources) as sources:
+    with build_aside(output, PREPARED_DIRECTORY) as building, _spooled_stdin(sources) as sources:
         source_bytes = _source_bytes(sources)
         corpus_bytes = source_bytes + _source_bytes([f for f in (options.valid, options.test) if f])
         reporter.start(corpus_bytes)
@@ -529,20 +541,19 @@ class _spooled_stdin:
 
 
 def load_prepared(directory: Path) -> PreparedCorpus:
-    meta_path = directory / PREPARED_MARKER
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != "rnnlm-prepared":
-            raise ValueError("not an rnnlm prepared directory")
-        dtype = np.dtype(meta["dtype"])
-    except FileNotFoundError:
-        raise UserError(f"{directory}: not a prepared corpus directory (no {PREPARED_MARKER})") from None
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{meta_path}: unreadable ({error})") from None
-    tokenizer = load_tokenizer(directory / "tokenizer.json")
-    splits = {name: _open_ids(directory / f"{name}.bin", meta["splits"][name]["tokens"], dtype) for name in SPLITS}
-    samples = [_open_ids(_sample_path(directory, k), tokens, dtype)
-               for k, tokens in enumerate(meta.get("train_samples", []), start=1)]
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such prepared corpus directory")
+    with locks.reading(directory):
+        meta = read_marker(directory, PREPARED_DIRECTORY)
+        try:
+            dtype = np.dtype(meta["dtype"])
+            tokens = {name: int(meta["splits"][name]["tokens"]) for name in SPLITS}
+            sample_tokens = [int(count) for count in meta.get("train_samples", [])]
+        except (ValueError, KeyError, TypeError) as error:
+            raise UserError(f"{directory / PREPARED_MARKER}: unreadable ({error})") from None
+        tokenizer = load_tokenizer(directory / "tokenizer.json")
+        splits = {name: _open_ids(directory / f"{name}.bin", tokens[name], dtype) for name in SPLITS}
+        samples = [_open_ids(_sample_path(directory, k), count, dtype) for k, count in enumerate(sample_tokens, start=1)]
     return PreparedCorpus(directory, tokenizer, meta, splits, samples)
 
 
@@ -593,7 +604,7 @@ def open_corpus(sources: Sequence[str], options: PrepareOptions,
             return load_prepared(cached)
         except UserError:
             pass  # a damaged cache entry is simply rebuilt
-    return prepare(sources, cached, options, reporter)
+    return prepare(sources, cached, options, reporter, wait=True)  # another run preparing the same text: wait for it
 
 
 def stream_batches(tokens: np.ndarray, batch_size: int, bptt: int, start_column: int = 0,

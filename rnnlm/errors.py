@@ -17,3 +17,8 @@ class DirectoryBusy(UserError):
         super().__init__(f"{target} is being written by another rnnlm process{holder}")
         self.target = target
         self.pid = pid
+
+
+class InvalidOption(UserError):
+    """An option value out of its range, or options that do not go together: decided from the
+    command line alone, before anything is read, so the command line exits 2 (bad usage)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from rnnlm.errors import UserError
+from rnnlm.outputs import umask
 
 CHUNK_BYTES = 1 << 22
 ENCODING_ERRORS = ("strict", "replace")
@@ -134,61 +135,8 @@ def atomic_output(path: Path, mode: str = "wb") -> Iterator[IO]:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-@contextmanager
-def atomic_directory(path: Path, marker_files: tuple[str, ...]) -> Iterator[Path]:
-    """A temporary directory that replaces `path` as a whole once the block completes.
-
-    An existing `path` is replaced only if it holds one of `marker_files` (an earlier
-    output of this tool) or is empty, so a mistyped -o never deletes someone's files.
-    """
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"{path}: exists and is not a directory")
-        if any(path.iterdir()) and not any((path / name).exists() for name in marker_files):
-            raise UserError(f"{path}: directory exists and is not an rnnlm output; choose another")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-        os.chmod(temporary, 0o777 & ~_umask())
-    except FileExistsError as error:  # mkdir(exist_ok=True) met a file where a directory belongs
-        raise UserError(f"{path}: cannot write here ({error.filename} is not a directory)") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot write here ({error.strerror})") from None
-    try:
-        yield temporary
-        replace_directory(temporary, path)
-    except BaseException:
-        remove_tree(temporary)
-        raise
-
-
-def replace_directory(source: Path, target: Path) -> None:
-    """Move `source` to `target`; an old `target` is kept aside until the new one is in place."""
-    if target.exists():
-        retired = target.with_name(f".{target.name}.old")
-        remove_tree(retired)
-        os.rename(target, retired)
-        os.rename(source, target)
-        remove_tree(retired)
-    else:
-        os.rename(source, target)
-
-
-def _umask() -> int:
-    """The process umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from rnnlm.errors import DirectoryBusy
 
+_held: dict[Path, int] = {}  # writer locks this process holds, and how many blocks hold each
 RETRY_S = 0.2  # a writer retries this long: a reader probing the lock (writer_pid) holds it for microseconds
 
 
@@ -32,25 +33,37 @@ def lock_path(target: Path) -> Path:
 
 
 @contextmanager
-def exclusive(target: Path) -> Iterator[None]:
-    """Hold the writer lock of `target` inside the block; DirectoryBusy if another process holds it."""
+def exclusive(target: Path, wait: bool = False) -> Iterator[None]:
+    """Hold the writer lock of `target` inside the block; DirectoryBusy if another process holds it,
+    unless `wait` says to wait for it.
+
+    Re-entrant within a process, so that a command and the library function it calls can both hold it."""
     path = lock_path(target)
+    if path in _held:
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = _acquire(path, target)
+    descriptor = _acquire(path, target, wait)
+    _held[path] = 1
     try:
         yield
     finally:
+        del _held[path]
         path.unlink(missing_ok=True)  # before the lock goes: a waiting writer then finds a fresh file
         os.close(descriptor)
 
 
-def _acquire(path: Path, target: Path) -> int:
+def _acquire(path: Path, target: Path, wait: bool) -> int:
     """An open, locked descriptor of the lock file, which then names this process."""
     deadline = time.monotonic() + RETRY_S
     while True:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             pid = _read_pid(descriptor)
             os.close(descriptor)

@@ -55,7 +55,8 @@ class ModelConfig:
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if self.softmax_head is not None and not 0 < self.softmax_head < self.vocab_size:
-            raise ValueError(f"softmax_head must be between 0 and the vocabulary size, got {self.softmax_head}")
+            raise ValueError(f"the softmax head ({self.softmax_head} tokens) must be smaller than the vocabulary "
+                             f"({self.vocab_size} tokens)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnlm import checkpoint
+from rnnlm import checkpoint, outputs
 from rnnlm.config import TrainConfig
 from rnnlm.data import PreparedCorpus, mean_window_length, stream_batches, variable_window_length
-from rnnlm.errors import UserError
+from rnnlm.errors import InvalidOption, UserError
 from rnnlm.model import (
     ModelConfig,
     RNNLanguageModel,
@@ -38,6 +38,7 @@ from rnnlm.model import (
     detach_state,
 )
 from rnnlm.scoring import stream_nll
+from rnnlm.sizing import check_fits, training_bytes
 
 
 @dataclass
@@ -70,15 +71,25 @@ class SilentReporter:
     def finish(self, result: TrainResult) -> None: pass
 
 
+COMPUTE_DEVICES = ("cpu", "cuda", "mps")
+
+
 def resolve_device(name: str) -> torch.device:
+    """The torch device for `--device`: auto, or a device this machine has and rnnlm computes on."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device torch knows (try cpu, cuda, cuda:1)") from None
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in COMPUTE_DEVICES:
+        raise InvalidOption(f"--device {name!r} is not a device rnnlm computes on; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA GPU here")
+        raise UserError(f"--device {name} asked for, but torch sees no CUDA GPU here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps asked for, but torch sees no Apple GPU here")
     return device
 
 
@@ -179,6 +190,7 @@ class RunState:
     evaluations_since_best: int = 0
     lr_scale: float = 1.0  # halved by each plateau and each rollback
     rollbacks: int = 0
+    rollbacks_since_best: int = 0  # rollbacks since the validation loss last improved
     window_loss: float = 0.0  # training loss summed since the last evaluation
     window_steps: int = 0
     val_losses: list[float] = field(default_factory=list)  # ntasgd: every validation loss before averaging began
@@ -239,7 +251,16 @@ def averaging_triggered(val_losses: list[float], nonmono: int) -> bool:
 
 
 SNAPSHOT_EVERY = 100  # steps between in-memory snapshots
-MAX_ROLLBACKS_IN_A_ROW = 5
+MAX_ROLLBACKS_WITHOUT_PROGRESS = 8  # rollbacks with no better validation loss between them before a run is stopped
+
+
+def diverged(run: RunState, kept: Path | None) -> UserError:
+    """The error that stops a run whose rollbacks no longer lead anywhere, saying what is kept."""
+    outcome = (f"the best model so far (validation loss {run.best_val_loss:.4f} nats per token) is kept in {kept}"
+               if kept is not None and math.isfinite(run.best_val_loss) else "no model was saved")
+    return UserError(f"training diverged: {run.rollbacks_since_best} rollbacks to the last good weights, each halving "
+                     f"the learning rate, without a better validation loss; {outcome}; try a lower learning rate "
+                     "or fp32 precision")
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: Tensor,
@@ -305,10 +326,20 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
           reporter: Reporter | None = None, resume: bool = False) -> TrainResult:
     """Train from scratch, or with `resume` continue from the checkpoint in `output`.
 
-    Under torchrun (RANK and WORLD_SIZE set) every process takes its share of the batch rows
-    and DistributedDataParallel averages the gradients; all ranks evaluate, rank 0 writes.
+    `output` must be absent, empty or an rnnlm model directory (outputs.check_output); it is
+    locked against other rnnlm processes for the whole run. Under torchrun (RANK and WORLD_SIZE
+    set) every process takes its share of the batch rows and DistributedDataParallel averages
+    the gradients; all ranks evaluate, rank 0 writes.
     """
     config.validate()
+    if Distributed.from_environment().rank != 0:
+        return _train(corpus, output, model_config, config, reporter, resume)
+    with outputs.claimed(output, checkpoint.MODEL_DIRECTORY) as target:
+        return _train(corpus, target, model_config, config, reporter, resume)
+
+
+def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, config: TrainConfig,
+           reporter: Reporter | None, resume: bool) -> TrainResult:
     dist = Distributed.from_environment()
     if dist.active and config.batch_size % dist.world_size:
         raise UserError(f"--batch-size {config.batch_size} must be a multiple of the {dist.world_size} processes")
@@ -330,6 +361,9 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
     valid_counts = corpus.counts("valid") if len(corpus.splits["valid"]) >= 2 else corpus.counts("train")
     tokens_per_char = valid_counts.tokens / max(1, valid_counts.chars)
 
+    longest_window = config.bptt + 40 if config.variable_bptt else config.bptt
+    check_fits(training_bytes(model_config, config.batch_size // dist.world_size, longest_window), device,
+               "training this model")
     torch.manual_seed(config.random_seed)
     model = RNNLanguageModel(model_config).to(device)
     optimizer = make_optimizer(model, config)
@@ -355,8 +389,9 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
     carried: State | None = None
     average: WeightAverage | None = None
     if resume:
+        check_resumable(output, corpus)
         saved_checkpoint = checkpoint.load_checkpoint(output, str(device))
-        run, carried, average = restore(saved_checkpoint, model, optimizer, dist, local_rows, device)
+        run, carried, average = restore(saved_checkpoint, model, optimizer, dist, local_rows, device, config.batch_size)
         if dist.rank == 0:
             checkpoint.keep_metrics_until(output, run.step)
     trainer: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
@@ -366,7 +401,7 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
                     "steps_per_epoch": steps_per_epoch, "planned_steps": planned_steps, "max_time": config.max_time,
                     "output": str(output), "train_tokens": len(train_tokens), "resumed_at": run.step if resume else None,
                     "processes": dist.world_size})
-    tensorboard = open_tensorboard(output) if writes else None
+    tensorboard = open_tensorboard(output) if writes and resume else None  # else once the directory exists
 
     started = time.perf_counter() - run.elapsed_s
     history: list[dict[str, Any]] = []
@@ -374,7 +409,6 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
     last_eval = last_checkpoint = time.perf_counter()
     stopped_because = "epochs"
     good = Snapshot.take(model, optimizer)
-    bad_in_a_row = 0
 
     def progress() -> float:
         parts = []
@@ -385,9 +419,10 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
         return max(parts) if parts else 0.0
 
     def make_model_dir() -> None:
-        nonlocal saved
+        nonlocal saved, tensorboard
         checkpoint.create_model_dir(output, model, corpus.tokenizer, settings, {"step": str(run.step)})
         checkpoint.remember_latest(output)
+        tensorboard = open_tensorboard(output)
         saved = True
 
     def evaluate() -> bool:
@@ -414,6 +449,7 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
         if improved:
             run.best_val_loss = val_loss
             run.evaluations_since_best = 0
+            run.rollbacks_since_best = 0
             if writes:
                 if not saved:
                     make_model_dir()
@@ -490,16 +526,14 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
                 run.window_loss += loss_value
                 run.window_steps += 1
                 window_tokens += y.numel()
-                bad_in_a_row = 0
                 if average is not None:
                     average.update(model)
                 if run.step % SNAPSHOT_EVERY == 0:
                     good = Snapshot.take(model, optimizer)
             else:
-                bad_in_a_row += 1
-                if bad_in_a_row > MAX_ROLLBACKS_IN_A_ROW:
-                    raise UserError(f"training diverged: {MAX_ROLLBACKS_IN_A_ROW} rollbacks in a row did not give a "
-                                    "finite loss; try a lower --lr or --precision fp32")
+                run.rollbacks_since_best += 1
+                if run.rollbacks_since_best >= MAX_ROLLBACKS_WITHOUT_PROGRESS:
+                    raise diverged(run, output if saved else None)
                 good.restore(model, optimizer)
                 carried = None
                 run.lr_scale *= 0.5
@@ -547,25 +581,81 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
     return result
 
 
+def check_resumable(output: Path, corpus: PreparedCorpus) -> None:
+    """Refuse to resume with a corpus whose tokenizer is not the model's, or with damaged metrics."""
+    tokenizer = checkpoint.load_tokenizer(output / checkpoint.TOKENIZER)
+    if tokenizer.to_dict() != corpus.tokenizer.to_dict():
+        raise UserError(f"{output / checkpoint.TOKENIZER}: differs from the tokenizer of the prepared corpus "
+                        f"{corpus.directory}, so the run cannot continue on it")
+    checkpoint.read_metrics(output)
+
+
 def restore(saved: checkpoint.Checkpoint, model: RNNLanguageModel, optimizer: torch.optim.Optimizer, dist: Distributed,
-            local_rows: slice, device: torch.device) -> tuple[RunState, State | None, WeightAverage | None]:
+            local_rows: slice, device: torch.device, batch_size: int) -> tuple[RunState, State | None, WeightAverage | None]:
     """Load a checkpoint into the model and optimiser; the run state, this rank's carried recurrent
-    state, and the NT-ASGD weight average if one had begun."""
-    missing, unexpected = model.load_state_dict(saved.weights, strict=False)
-    if unexpected or set(missing) - ({"decoder.weight"} if model.config.tie else set()):
-        raise UserError("the checkpoint does not match the model settings")
-    optimizer.load_state_dict(saved.optimizer)
-    run = RunState(**saved.state)
-    rng = saved.tensors.get(f"rng.cpu.{dist.rank}")
+    state, and the NT-ASGD weight average if one had begun. Every part is checked against the run
+    before anything is set, so that a damaged file is named."""
+    checkpoint.load_weights(model, saved.weights, saved.path / checkpoint.WEIGHTS, saved.note)
+    restore_optimizer(optimizer, saved)
+    run = run_state_from(saved)
+    tensors = checked_tensors(saved, model, batch_size)
+    rng = tensors.get(f"rng.cpu.{dist.rank}")
     if rng is not None:  # absent when resuming on more processes than saved: that rank's dropout is seeded afresh
         torch.set_rng_state(rng)
-    if device.type == "cuda" and "rng.cuda" in saved.tensors:
-        torch.cuda.set_rng_state(saved.tensors["rng.cuda"], device)
-    parts = [saved.tensors[key][:, local_rows].to(device) for key in sorted(k for k in saved.tensors if k.startswith("carried."))]
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    parts = [tensors[key][:, local_rows].to(device) for key in sorted(k for k in tensors if k.startswith("carried."))]
     carried: State | None = None if not parts else tuple(parts) if len(parts) > 1 else parts[0]  # type: ignore[assignment]
-    means = {key.removeprefix("average."): tensor.to(device) for key, tensor in saved.tensors.items() if key.startswith("average.")}
+    means = {key.removeprefix("average."): tensor.to(device) for key, tensor in tensors.items() if key.startswith("average.")}
     average = WeightAverage(model, run.averaged_steps, means) if means else None
     return run, carried, average
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, saved: checkpoint.Checkpoint) -> None:
+    """Load the optimiser state, checked to be this optimiser's, for these parameters and shapes."""
+    groups = saved.optimizer["param_groups"]
+    expected = [set(group) for group in optimizer.state_dict()["param_groups"]]
+    if not isinstance(groups, list) or [set(group) if isinstance(group, dict) else None for group in groups] != expected:
+        raise saved.fault(checkpoint.CHECKPOINT_OPTIMIZER, "holds the state of another optimiser or other parameters")
+    try:
+        optimizer.load_state_dict(saved.optimizer)
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise saved.fault(checkpoint.CHECKPOINT_OPTIMIZER, f"does not fit the model ({error})") from None
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for value in optimizer.state.get(parameter, {}).values():
+                if isinstance(value, Tensor) and value.dim() and value.shape != parameter.shape:
+                    raise saved.fault(checkpoint.CHECKPOINT_OPTIMIZER, "holds state of the wrong shape for the model")
+
+
+def run_state_from(saved: checkpoint.Checkpoint) -> RunState:
+    """state.json as a RunState, each field of the type it must have (a field added since is defaulted)."""
+    known = {f.name: f for f in fields(RunState)}
+    unknown = sorted(set(saved.state) - set(known))
+    if unknown:
+        raise saved.fault(checkpoint.CHECKPOINT_STATE, f"has unknown fields ({', '.join(unknown)})")
+    for name, value in saved.state.items():
+        default = getattr(RunState(), name)
+        number = isinstance(default, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and (isinstance(value, int) or isinstance(default, float)) or type(value) is type(default)):
+            raise saved.fault(checkpoint.CHECKPOINT_STATE, f"{name} is {value!r}, not a {type(default).__name__}")
+    return RunState(**saved.state)
+
+
+def checked_tensors(saved: checkpoint.Checkpoint, model: RNNLanguageModel, batch_size: int) -> dict[str, Tensor]:
+    """rng.safetensors' tensors, checked against the run: generator states, carried state, weight means."""
+    expected_state = model.initial_state(batch_size)
+    parts = expected_state if isinstance(expected_state, tuple) else (expected_state,)
+    shapes = {f"carried.{i}": part.shape for i, part in enumerate(parts)}
+    shapes |= {f"average.{name}": p.shape for name, p in model.named_parameters()}
+    for name, tensor in saved.tensors.items():
+        if name.startswith("rng."):
+            if tensor.dtype != torch.uint8 or tensor.dim() != 1 or (name.startswith("rng.cpu.") and
+                                                                      tensor.shape != torch.get_rng_state().shape):
+                raise saved.fault(checkpoint.CHECKPOINT_TENSORS, f"{name} is not a random generator state")
+        elif shapes.get(name) != tensor.shape:
+            raise saved.fault(checkpoint.CHECKPOINT_TENSORS, f"{name} does not fit the model and batch")
+    return saved.tensors
 
 
 MODEL_SETTINGS = {"ar": "activation_penalty", "tar": "temporal_penalty"}  # `rnnlm train` options named otherwise in ModelConfig
@@ -587,9 +677,12 @@ def default_model_config(corpus: PreparedCorpus, max_time: float | None = None, 
     embedding = embedding_size or (hidden if tied or vocab_size > 1000 else min(hidden, 128))
     if softmax_head is None:
         softmax_head = clustered_softmax_head(corpus.splits["train"], vocab_size, embedding if tied else hidden)
-    return ModelConfig(vocab_size=vocab_size, embedding_size=embedding, hidden_size=hidden,
-                       dropout=default_dropout if dropout is None else dropout, tie=tied,
-                       softmax_head=softmax_head or None, **settings)
+    try:
+        return ModelConfig(vocab_size=vocab_size, embedding_size=embedding, hidden_size=hidden,
+                           dropout=default_dropout if dropout is None else dropout, tie=tied,
+                           softmax_head=softmax_head or None, **settings)
+    except ValueError as error:  # a setting that does not fit this corpus, such as a head as large as its vocabulary
+        raise UserError(str(error)) from None
 
 
 LONG_BUDGET = 600.0  # seconds of training from which a mid-sized corpus gets the larger model

@@ -1,7 +1,7 @@
 """Acceptance: how `python -m rnnlm` fails.
 
-A user error exits non-zero with exactly one non-empty line on stderr and no traceback;
-bad usage exits 2. The cases run as subprocesses, concurrently, once per module, and each
+A user error exits non-zero with exactly one non-empty line on stderr and no traceback:
+1 for bad input, 2 for a bad command line (an option value out of its range included). The cases run as subprocesses, concurrently, once per module, and each
 test checks one of them.
 """
 
@@ -56,24 +56,24 @@ def cases() -> dict[str, Case]:
         # model directories that are missing or damaged
         "score-no-model-dir": Case(("score", f, "-m", "{nowhere}"), ("no such model directory",), 1),
         "sample-no-latest-model": Case(("sample", "--length", "5"), ("rnnlm train",), 1, env="fresh"),
-        "sample-garbage-weights": Case(("sample", "-m", "{garbage_weights}", "--length", "5"), ("corrupt",), 1),
-        "score-invalid-config": Case(("score", f, "-m", "{invalid_config}"), ("corrupt",), 1),
-        "perplexity-config-wrong-shape": Case(("perplexity", f, "-m", "{wrong_shape_config}"), ("corrupt",), 1),
+        "sample-garbage-weights": Case(("sample", "-m", "{garbage_weights}", "--length", "5"), ("model.safetensors", "not a valid safetensors"), 1),
+        "score-invalid-config": Case(("score", f, "-m", "{invalid_config}"), ("config.json", "not valid JSON"), 1),
+        "perplexity-config-wrong-shape": Case(("perplexity", f, "-m", "{wrong_shape_config}"), ("model.safetensors", "size mismatch"), 1),
         "score-config-not-an-object": Case(
-            ("score", f, "-m", "{list_config}"), ("corrupt",), 1),
+            ("score", f, "-m", "{list_config}"), ("config.json", "not written by rnnlm"), 1),
         "score-tokenizer-not-matching-model": Case(
             ("score", "{wide}", "-m", "{wide_tokenizer}"), ("tokenizer",), 1),
         # option values
-        "train-max-time-banana": Case(("train", f, "-o", "{out}", "--max-time", "banana"), ("--max-time", "banana"), 1),
+        "train-max-time-banana": Case(("train", f, "-o", "{out}", "--max-time", "banana"), ("--max-time", "banana"), 2),
         "train-eval-interval-banana": Case(
-            ("train", f, "-o", "{out}", "--eval-interval", "banana"), ("--eval-interval", "banana"), 1),
-        "sample-top-p": Case(("sample", "-m", model, "--top-p", "1.5"), ("--top-p", "1.5"), 1),
-        "sample-temperature": Case(("sample", "-m", model, "--temperature", "-1"), ("--temperature",), 1),
-        "sample-beam-size": Case(("sample", "-m", model, "--beam-size", "0"), ("--beam-size", "0"), 1),
+            ("train", f, "-o", "{out}", "--eval-interval", "banana"), ("--eval-interval", "banana"), 2),
+        "sample-top-p": Case(("sample", "-m", model, "--top-p", "1.5"), ("--top-p", "1"), 2),
+        "sample-temperature": Case(("sample", "-m", model, "--temperature", "-1"), ("--temperature",), 2),
+        "sample-beam-size": Case(("sample", "-m", model, "--beam-size", "0"), ("--beam-size", "1"), 2),
         "sample-more-samples-than-beams": Case(
             ("sample", "-m", model, "--strategy", "beam", "--beam-size", "3", "--num-samples", "4"),
-            ("--num-samples", "--beam-size"), 1),
-        "sample-empty-stop": Case(("sample", "-m", model, "--stop", ""), ("--stop",), 1),
+            ("--num-samples", "--beam-size"), 2),
+        "sample-empty-stop": Case(("sample", "-m", model, "--stop", ""), ("--stop",), 2),
         # bad usage: exit code 2 (these fail while parsing, before any heavy import)
         "usage-unknown-command": Case(("frobnicate",), ("frobnicate",), 2),
         "usage-missing-argument": Case(("train",), (), 2),

@@ -1,0 +1,52 @@
+"""How much memory a model needs, known before any of it is allocated.
+
+A mistyped size (`--hidden-size 1000000`, `--layers 100`) must be refused with an estimate,
+not discovered by the operating system's out-of-memory killer after minutes of swapping.
+The model is built on torch's meta device, which allocates nothing, to count its parameters
+exactly for any cell; the rest of the estimate is a deliberate over-approximation.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rnnlm.errors import UserError
+from rnnlm.model import ModelConfig, RNNLanguageModel, count_parameters
+
+GIB = 1 << 30
+TRAINING_BYTES_PER_PARAMETER = 32  # fp32 weights, gradients, two optimiser moments, the rollback snapshot and its copy
+ACTIVATION_FLOATS_PER_UNIT = 12  # per token, layer and hidden unit: gates, cell and hidden states, their gradients
+
+
+def parameter_count(config: ModelConfig) -> int:
+    with torch.device("meta"):
+        return count_parameters(RNNLanguageModel(config))
+
+
+def training_bytes(config: ModelConfig, rows: int, window: int) -> int:
+    """About the memory of training with `rows` streams of `window` tokens (an upper estimate)."""
+    tokens = rows * window
+    decoder_width = config.softmax_head + 1 if config.softmax_head else config.vocab_size
+    activations = tokens * (config.layers * config.hidden_size * ACTIVATION_FLOATS_PER_UNIT + 3 * decoder_width)
+    return parameter_count(config) * TRAINING_BYTES_PER_PARAMETER + 4 * activations
+
+
+def inference_bytes(config: ModelConfig) -> int:
+    return parameter_count(config) * 4
+
+
+def device_memory(device: torch.device) -> int:
+    """The memory of the device: a GPU's own, else the machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(needed: int, device: torch.device, what: str) -> None:
+    """Refuse work whose memory would not fit on the device, with the estimate."""
+    available = device_memory(device)
+    if needed > available:
+        where = "this GPU" if device.type == "cuda" else "this machine"
+        raise UserError(f"{what} needs about {needed / GIB:,.1f} GiB; {where} has {available / GIB:,.0f} GiB")
