@@ -36,7 +36,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (default: the latest trained model).")]
+ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", show_default=False, help=(
+    "Model directory. Without it: the directory RNNLM_MODEL names, else the current project's latest model (named by "
+    "the nearest models/latest from here upwards), else the user-wide latest ($RNNLM_HOME/latest); a line on stderr "
+    "then says which model answered. 'rnnlm models' lists them."))]
+QuietOption = Annotated[bool, typer.Option(
+    "--quiet", "-q", envvar="RNNLM_QUIET", show_envvar=True,
+    help="Do not name on stderr the model used when -m does not (warnings and errors still appear).")]
 DeviceOption = Annotated[str, typer.Option(help="Device: auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")]
 EncodingErrorsOption = Annotated[Literal["strict", "replace"], typer.Option(
     "--encoding-errors", help="Invalid UTF-8 in the input: 'strict' stops with its byte offset and line; 'replace' substitutes U+FFFD.")]
@@ -347,6 +353,21 @@ def resumed_settings(directory: Path, changes: dict[str, Any]) -> tuple[Any, Any
     return load_prepared(corpus_directory), model_config_from(saved, directory), config
 
 
+def load_chosen(model: Optional[Path], device: str, quiet: bool) -> Any:
+    """The model -m names or rnnlm.project chooses; in the second case a line on stderr says which,
+    once it has loaded (so a failure stays one line), before any output."""
+    from rnnlm.checkpoint import load_model
+    from rnnlm.inventory import notice
+    from rnnlm.project import resolve_model
+    from rnnlm.train import resolve_device
+
+    chosen = resolve_model(model)
+    loaded = load_model(chosen.path, str(resolve_device(device)))
+    if not (quiet or chosen.named_by_user):
+        typer.echo(notice(chosen), err=True)
+    return loaded
+
+
 @app.command()
 @ends_quietly_on_closed_pipe
 def sample(
@@ -365,6 +386,7 @@ def sample(
     output_format: Annotated[Literal["text", "jsonl"], typer.Option("--format", help="text: the seed and its continuation; jsonl: one object per sample with seed, text (the continuation), logprob, score, tokens, stopped and the settings.")] = "text",
     random_seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_RANDOM_SEED, help="Seed for reproducible samples (default: fresh randomness, recorded in --format jsonl).")] = None,
     device: DeviceOption = "auto",
+    quiet: QuietOption = False,
 ) -> None:
     """Generate text that continues --seed: greedy, sampled (temperature, then top-k, then top-p) or by beam search.
 
@@ -376,10 +398,8 @@ def sample(
     """
     from dataclasses import asdict
 
-    from rnnlm.checkpoint import load_model
     from rnnlm.config import fresh_random_seed
     from rnnlm.generate import generate, unseen_text
-    from rnnlm.train import resolve_device
 
     config = SamplingConfig(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, length=length,
                             num_samples=num_samples, beam_size=beam_size, length_penalty=length_penalty,
@@ -390,7 +410,7 @@ def sample(
         seed.encode("utf-8")
     except UnicodeEncodeError:
         raise UserError("--seed is not valid UTF-8") from None
-    loaded = load_model(model, str(resolve_device(device)))
+    loaded = load_chosen(model, device, quiet)
     unseen = unseen_text(loaded.tokenizer, seed)
     if unseen:
         typer.echo(f"rnnlm: warning: the model has not seen {unseen!r} in training; "
@@ -431,6 +451,7 @@ def score(
     chunk_lines: Annotated[int, typer.Option(min=1, max=1 << 20, help="Lines read, scored as length-sorted batches and written (then flushed) per chunk; bounds memory on endless input.")] = 2048,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
+    quiet: QuietOption = False,
 ) -> None:
     """Score each line on its own: log P(tokens of the line, end-of-line | end-of-line), from a fresh state.
 
@@ -440,15 +461,13 @@ def score(
     """
     import time
 
-    from rnnlm.checkpoint import load_model
     from rnnlm.fileio import iter_line_batches, iter_text_chunks, open_binary_input
     from rnnlm.formats import ScoreWriter, split_utterance_ids, summary_line
     from rnnlm.scoring import Perplexity, score_lines
-    from rnnlm.train import resolve_device
 
     if utt_id and output_format == "kenlm":
         raise typer.BadParameter("KenLM's format has no place for identifiers", param_hint="'--utt-id'")
-    loaded = load_model(model, str(resolve_device(device)))
+    loaded = load_chosen(model, device, quiet)
     writer = ScoreWriter(sys.stdout, loaded.tokenizer, output_format, log_base, per_token)
     totals = Perplexity("independent-lines")
     started = time.perf_counter()
@@ -479,6 +498,7 @@ def perplexity(
     dynamic_segment: Annotated[int, typer.Option(min=1, help="With --dynamic: tokens scored between two adaptation steps.")] = DynamicEvaluation.segment,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
+    quiet: QuietOption = False,
 ) -> None:
     """Perplexity of a file per token and per word, and bits per character, with the counts behind each.
 
@@ -486,16 +506,14 @@ def perplexity(
     end; characters are Unicode code points, newlines included. Out-of-vocabulary tokens count
     in the main figures; a per-token perplexity without them is shown beside.
     """
-    from rnnlm.checkpoint import load_model
     from rnnlm.display import perplexity_table
     from rnnlm.fileio import iter_text_chunks, open_binary_input
     from rnnlm.scoring import perplexity as measure
-    from rnnlm.train import resolve_device
 
     adaptation = DynamicEvaluation(dynamic_lr, dynamic_decay, dynamic_segment) if dynamic else None
     if adaptation is not None:
         adaptation.validate()
-    loaded = load_model(model, str(resolve_device(device)))
+    loaded = load_chosen(model, device, quiet)
     name = "<stdin>" if file == "-" else file
     with open_binary_input(file) as stream:
         result = measure(loaded.model, loaded.tokenizer, iter_text_chunks(stream, name, encoding_errors), independent_lines,
@@ -509,6 +527,43 @@ def perplexity(
         from rich.console import Console
 
         Console().print(perplexity_table(report, name))
+
+
+@app.command()
+@ends_quietly_on_closed_pipe
+def models(
+    directory: Annotated[Optional[Path], typer.Argument(help="A project directory (the one holding models/) or a folder of model directories (default: the current project's: where the nearest models/latest is, else ./models).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array, an object per model directory: path, valid, problem, being_trained, writer_pid, corpus, tokenizer, cell, layers, hidden_size, parameters, val_nats_per_token, val_word_ppl, val_bpc, natural_units, training_s, trained_at, roles, default, default_reason.")] = False,
+) -> None:
+    """List a project's model directories and the user-wide latest, starring the one that sample, score and
+    perplexity use there without -m, and why.
+
+    Each row gives the corpus, tokenizer, cell and size, parameters, the best validation figure in
+    the model's natural unit (perplexity per word for word models, bits per character for
+    character models, both for subword models), training time and date. A directory that is not a
+    usable model is listed with the reason; nothing is changed.
+    """
+    from rich.console import Console
+
+    from rnnlm.display import models_table
+    from rnnlm.inventory import project_inventory
+    from rnnlm.project import models_folder, resolve_model, shown
+
+    folder = models_folder(directory)
+    try:
+        chosen, unusable = resolve_model(None, start=directory), ""
+    except UserError as error:
+        chosen, unusable = None, str(error)
+    listed = project_inventory(folder, chosen)
+    if as_json:
+        typer.echo(json.dumps([info.to_json() for info in listed], ensure_ascii=False))
+        return
+    if not any(info.path.parent == folder for info in listed):
+        typer.echo(f"rnnlm: no model directories in {shown(folder)}", err=True)
+    if listed:  # wide in a pipe or file, where nothing would fold the rows back
+        Console(width=None if sys.stdout.isatty() else 240).print(models_table(listed, shown(folder)))
+    used = next((info for info in listed if info.default), None)
+    typer.echo(f"used here without -m: {shown(used.path)} ({used.default})" if used else f"used here without -m: none ({unusable})")
 
 
 def _click_exception(name: str) -> type[Exception]:

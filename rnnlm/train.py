@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnlm import checkpoint, outputs
+from rnnlm import checkpoint, outputs, project, units
 from rnnlm.config import TrainConfig
 from rnnlm.data import PreparedCorpus, mean_window_length, stream_batches, variable_window_length
 from rnnlm.errors import InvalidOption, UserError
@@ -51,6 +51,8 @@ class TrainResult:
     best_val_bpc: float
     stopped_because: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_word_ppl: float = math.nan
+    tokenizer: str = ""  # the kind, which decides the unit the result is read in (rnnlm.units)
 
 
 class Reporter(Protocol):
@@ -400,7 +402,7 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
     reporter.start({"parameters": settings["parameters"], "device": str(device), "precision": settings["training"]["autocast"],
                     "steps_per_epoch": steps_per_epoch, "planned_steps": planned_steps, "max_time": config.max_time,
                     "output": str(output), "train_tokens": len(train_tokens), "resumed_at": run.step if resume else None,
-                    "processes": dist.world_size})
+                    "processes": dist.world_size, "tokenizer": corpus.tokenizer.kind})
     tensorboard = open_tensorboard(output) if writes and resume else None  # else once the directory exists
 
     started = time.perf_counter() - run.elapsed_s
@@ -421,7 +423,7 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
     def make_model_dir() -> None:
         nonlocal saved, tensorboard
         checkpoint.create_model_dir(output, model, corpus.tokenizer, settings, {"step": str(run.step)})
-        checkpoint.remember_latest(output)
+        project.record_latest(output)  # only now: a run killed before its first model changes no default
         tensorboard = open_tensorboard(output)
         saved = True
 
@@ -440,6 +442,7 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
             "train_loss": run.window_loss / run.window_steps if run.window_steps else None,
             "val_loss": val_loss, "val_bpc": val_loss * tokens_per_char / math.log(2),
             "val_ppl": math.exp(min(val_loss, 700)),
+            "val_word_ppl": units.word_perplexity(val_loss, valid_counts.tokens, valid_counts.words),
             "lr": optimizer.param_groups[0]["lr"],
             "tokens_per_s": window_tokens * dist.world_size / max(1e-9, now - window_start),
             "elapsed_s": now - started,
@@ -576,7 +579,9 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
         reporter.event(f"interrupted at step {run.step}; checkpoint saved: continue with --resume {output}")
         raise KeyboardInterrupt
     result = TrainResult(output, run.step, run.tokens, time.perf_counter() - started, run.best_val_loss,
-                         run.best_val_loss * tokens_per_char / math.log(2), stopped_because, history)
+                         run.best_val_loss * tokens_per_char / math.log(2), stopped_because, history,
+                         units.word_perplexity(run.best_val_loss, valid_counts.tokens, valid_counts.words),
+                         corpus.tokenizer.kind)
     reporter.finish(result)
     return result
 
