@@ -62,7 +62,7 @@ class ModelInfo:
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": os.fsencode(self.path).decode("utf-8", "surrogateescape"), "valid": self.problem is None,
+        return {"path": os.path.abspath(self.path), "valid": self.problem is None,
                 "problem": self.problem, "being_trained": bool(self.writer_pid),
                 "writer_pid": self.writer_pid if self.writer_pid and self.writer_pid > 0 else None,
                 "corpus": self.corpus, "tokenizer": self.tokenizer, "cell": self.cell, "layers": self.layers,
