@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlm import locks, project, units
-from rnnlm.checkpoint import CONFIG, METRICS, TOKENIZER, WEIGHTS, read_model_config
+from rnnlm.checkpoint import METRICS, read_model_config
 from rnnlm.durations import spoken_duration
 from rnnlm.errors import UserError
 
@@ -89,8 +89,6 @@ def describe(path: Path) -> ModelInfo:
     """The model directory at `path` as far as its JSON files tell, or why it is not a model."""
     info = ModelInfo(path, writer_pid=locks.writer_pid(path))
     info.problem = project.model_problem(path)
-    if info.problem is None and not (path / TOKENIZER).is_file():
-        info.problem = f"is not a model directory (it has no {TOKENIZER})"
     if info.problem is not None:
         if info.writer_pid and path.is_dir():
             info.problem = "training started here and has saved no model yet"

@@ -127,15 +127,15 @@ def pointer_target(pointer: Path) -> Path | None:
 
 
 def model_problem(path: Path) -> str | None:
-    """Why `path` cannot be a model directory at a glance (absent, not a directory, no config or
-    weights), or None; the full checks happen when the model is read."""
-    from rnnlm.checkpoint import CONFIG, WEIGHTS
+    """Why `path` cannot be a model directory at a glance (absent, not a directory, a file of a
+    model missing), or None; the full checks happen when the model is read."""
+    from rnnlm.checkpoint import CONFIG, TOKENIZER, WEIGHTS
 
     if not path.exists():
         return "does not exist"
     if not path.is_dir():
         return "is not a directory"
-    for name in (CONFIG, WEIGHTS):
+    for name in (CONFIG, WEIGHTS, TOKENIZER):
         if not (path / name).is_file():
             return f"is not a model directory (it has no {name})"
     return None
