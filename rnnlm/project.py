@@ -145,7 +145,7 @@ def record_latest(model: Path) -> None:
     """Make a model, once it is complete, its project's latest (when it lies in a `models` folder)
     and the user-wide latest."""
     model = Path(os.path.abspath(model))
-    if model.parent.name == PROJECT_FOLDER:
+    if model.parent.name == PROJECT_FOLDER and model.name != POINTER:  # a model named `latest` takes the pointer's place
         write_pointer(model.parent / POINTER, os.fsencode(model.name))
     write_pointer(user_pointer(), os.fsencode(model))
 
