@@ -557,7 +557,7 @@ def models(
         chosen, unusable = None, str(error)
     listed = project_inventory(folder, chosen)
     if as_json:
-        typer.echo(json.dumps([info.to_json() for info in listed], ensure_ascii=False))
+        typer.echo(json.dumps([info.to_json() for info in listed]))  # ASCII: any bytes of a path survive
         return
     if not any(info.path.parent == folder for info in listed):
         typer.echo(f"rnnlm: no model directories in {shown(folder)}", err=True)

@@ -117,9 +117,9 @@ def corpus_name(directory: str | None) -> str | None:
         return None
     try:
         sources = json.loads((Path(directory) / "meta.json").read_bytes())["sources"]
-        return ", ".join(Path(source).name for source in sources)
+        return ", ".join(project.shown(Path(Path(source).name)) for source in sources)
     except (OSError, ValueError, KeyError, TypeError):
-        return directory
+        return project.shown(Path(directory))
 
 
 def _read_metrics(info: ModelInfo, path: Path) -> None:
