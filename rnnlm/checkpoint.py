@@ -274,11 +274,18 @@ def data_home() -> Path:
 
 
 def remember_latest(directory: Path) -> None:
-    write_text_atomic(data_home() / "latest", str(directory.resolve()) + "\n")
+    """The pointer holds the path's bytes as the file system has them: any name, UTF-8 or not."""
+    pointer = data_home() / "latest"
+    with locks.exclusive(pointer):
+        write_bytes_atomic(pointer, os.fsencode(directory.resolve()) + b"\n")
 
 
 def latest_model() -> Path:
     pointer = data_home() / "latest"
     if not pointer.exists():
         raise UserError("no model given and none trained yet: run 'rnnlm train CORPUS' or pass -m/--model DIR")
-    return Path(pointer.read_text(encoding="utf-8").strip())
+    try:
+        return Path(os.fsdecode(pointer.read_bytes().rstrip(b"\n")))
+    except OSError as error:
+        raise UserError(f"{pointer}: the latest-model pointer cannot be read ({error.strerror}); "
+                        "pass -m/--model DIR") from None

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,13 +114,14 @@ def claimed(path: Path, kind: DirectoryKind, wait: bool = False) -> Iterator[Pat
     Yields the normalised path."""
     target = normalised(path)
     check_output(target, kind)
-    try:
-        with locks.exclusive(target, wait):
-            check_output(target, kind)  # again: another process may have written it while we waited
-            _remove_stale_temporaries(target, kind)
-            yield target
-    except PermissionError as error:
-        raise UserError(f"{path}: cannot write here ({error.strerror})") from None
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(locks.exclusive(target, wait))
+        except (PermissionError, FileExistsError, NotADirectoryError) as error:
+            raise UserError(f"{path}: cannot write here ({error.strerror}: {error.filename})") from None
+        check_output(target, kind)  # again: another process may have written it while we waited
+        _remove_stale_temporaries(target, kind)
+        yield target
 
 
 def _remove_stale_temporaries(target: Path, kind: DirectoryKind) -> None:
