@@ -229,10 +229,8 @@ def train(
     from rnnlm.data import open_corpus
     from rnnlm.display import PrepareDisplay, TrainingDisplay
     from rnnlm.durations import parse_duration
-    from rnnlm.checkpoint import MODEL_DIRECTORY
+    from rnnlm.model_files import MODEL_DIRECTORY, default_output_dir
     from rnnlm.outputs import claimed
-    from rnnlm.train import default_output_dir
-    from rnnlm.train import train as train_model
 
     given = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
     settings = dict(ctx.params)
@@ -261,6 +259,8 @@ def train(
         if "epochs" in given and "max_time" not in given:
             changes["max_time"] = None  # as for a new run: --epochs alone sets no time budget
         with claimed(resume, MODEL_DIRECTORY) as directory:
+            from rnnlm.train import train as train_model
+
             corpus_data, model_config, config = resumed_settings(directory, changes)
             train_model(corpus_data, directory, model_config, config, TrainingDisplay(), resume=True)
         return

@@ -90,7 +90,11 @@ def check_output(target: Path, kind: DirectoryKind) -> None:
     if not names:
         return
     if kind.marker not in names:
-        raise UserError(f"{target}: holds {_quoted(names[0])}, which rnnlm did not write; "
+        foreign = [name for name in names if not kind.owns(name)]
+        if not foreign:
+            raise UserError(f"{target}: {kind.marker} is missing, so this is not a complete rnnlm "
+                            f"{kind.description}; move it or choose another output")
+        raise UserError(f"{target}: holds {_quoted(foreign[0])}, which rnnlm did not write; "
                         f"rnnlm writes only into a new, empty or rnnlm {kind.description}")
     read_marker(target, kind)
     for name in names:

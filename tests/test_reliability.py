@@ -3,7 +3,9 @@
 Every failing case must exit with the documented code (1: bad input, 2: a bad command line),
 print exactly one stderr line starting `rnnlm: error:` and no traceback, and leave every file
 that was in its directory byte-identical (the tree is hashed before and after). The cases run
-concurrently, once per module; each test checks one of them.
+concurrently, once per module; each test checks one of them. The tests after the table follow
+whole scenarios: two writers racing, a writer killed while it holds the lock, a run retrained in
+place, unusual output names, a diverging run.
 """
 
 from __future__ import annotations
@@ -209,6 +211,9 @@ def output_cases() -> dict[str, Case]:
                                                        (d / "model/model.safetensors").unlink(),
                                                        (d / "model/model.safetensors").symlink_to(d / "precious")), 1,
                                             ("model.safetensors", "link")),
+        "train-into-model-without-config": Case(("train", "{corpus}", "-o", "{dir}/model", *TINY),
+                                                lambda d: (d / "model/config.json").unlink(), 1,
+                                                ("config.json is missing",)),
         "train-while-another-writes": Case(("train", "{corpus}", "-o", "{dir}/model", *TINY), locked_by_another_process,
                                            1, ("being written by another rnnlm process (pid",)),
         "resume-while-another-writes": Case(RESUME, locked_by_another_process, 1, ("being written by another",)),
@@ -336,3 +341,115 @@ def test_fails_cleanly_and_changes_nothing(name: str, runs: dict) -> None:
     for expected in case.expect:
         assert any(option.lower() in message for option in expected.split("|")), result
     assert after == before, f"{result}\nchanged: {sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))}"
+
+
+# ---------------------------------------------------------------------------------------
+# Output directories as a user meets them: rnnlm's own files replaced, the user's kept, one writer
+# at a time (two real `train` processes), and nothing a killed run leaves behind blocks the next one.
+
+TINY_RUN = (*TINY, "--epochs", "1")
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(make_corpus(120, seed=3), encoding="utf-8")
+    return path
+
+
+def scores(model: Path, cwd: Path) -> str:
+    result = run_cli("score", "-m", model, "--format", "value", input=b"the cat sat\n", cwd=cwd)
+    assert result.returncode == 0, result
+    return result.stdout
+
+
+def test_training_again_into_a_model_directory_keeps_the_users_files(corpus: Path, tmp_path: Path) -> None:
+    first = run_cli("train", corpus, "-o", tmp_path / "m", *TINY_RUN, cwd=tmp_path)
+    assert first.returncode == 0, first
+    (tmp_path / "m" / "notes.txt").write_text("keep\n", encoding="utf-8")
+    (tmp_path / "m" / "plots").mkdir()
+    second = run_cli("train", corpus, "-o", tmp_path / "m", *TINY_RUN, "--hidden-size", "24", cwd=tmp_path)
+    assert second.returncode == 0, second
+    assert (tmp_path / "m" / "notes.txt").read_text(encoding="utf-8") == "keep\n"
+    assert (tmp_path / "m" / "plots").is_dir()
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model"]["hidden_size"] == 24
+    scores(tmp_path / "m", tmp_path)
+
+
+@pytest.mark.parametrize("name", [".", b"caf\xe9-model".decode("utf-8", "surrogateescape")])
+def test_unusual_output_names_train_and_load(corpus: Path, tmp_path: Path, name: str) -> None:
+    """'.' (a directory with no name of its own) and a file name that is not UTF-8."""
+    work = tmp_path / "work"
+    work.mkdir()
+    result = subprocess.run([sys.executable, "-m", "rnnlm", "train", str(corpus), "-o", name, *TINY_RUN], cwd=work,
+                            capture_output=True, env=cli_env())
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    model = work / name
+    assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith(".")) == [], "temporaries or locks left"
+    scores(model, work)
+
+
+def test_two_trains_into_one_directory_one_wins_the_other_stops_at_once(corpus: Path, tmp_path: Path) -> None:
+    model = tmp_path / "c"
+    args = [sys.executable, "-m", "rnnlm", "train", str(corpus), "-o", str(model), *TINY_RUN]
+    first = subprocess.Popen([*args, "--epochs", "40"], stderr=subprocess.PIPE, env=cli_env())
+    try:
+        lock = tmp_path / ".c.lock"
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text().strip()):
+            assert time.monotonic() < deadline and first.poll() is None, "the first run never took the lock"
+            time.sleep(0.05)
+        started = time.monotonic()
+        second = run_cli("train", corpus, "-o", model, *TINY_RUN, "--hidden-size", "24", cwd=tmp_path,
+                         env=cli_env(PYTHONPROFILEIMPORTTIME="1"))
+        elapsed = time.monotonic() - started
+        assert second.returncode == 1, second
+        message = [line for line in second.stderr_lines if not line.startswith("import time:")]
+        assert message == [f"rnnlm: error: {model} is being written by another rnnlm process (pid {first.pid})"]
+        # it stops before the seconds that importing torch takes (2 s on an idle machine, with slack for load)
+        assert " torch\n" not in second.stderr and elapsed < 10, elapsed
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+    config = json.loads((model / "config.json").read_text())
+    assert config["model"]["hidden_size"] == 16  # the first run's model, whole
+    scores(model, tmp_path)
+
+
+def test_a_killed_writer_leaves_nothing_that_blocks_the_next_run(corpus: Path, tmp_path: Path) -> None:
+    """SIGKILL while holding the lock and building aside; the next run proceeds and cleans up."""
+    model = tmp_path / "k"
+    holder = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(model)], stdout=subprocess.PIPE,
+                              env=cli_env())
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"writing"
+    holder.kill()
+    holder.wait()
+    assert (tmp_path / ".k.lock").exists() and any(tmp_path.glob(".k.*.tmp"))
+    result = run_cli("train", corpus, "-o", model, *TINY_RUN, cwd=tmp_path)
+    assert result.returncode == 0, result
+    assert not any(tmp_path.glob(".k*")), sorted(p.name for p in tmp_path.iterdir())
+    scores(model, tmp_path)
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from rnnlm import locks
+from rnnlm.outputs import _temporary_directory
+target = Path(sys.argv[1])
+with locks.exclusive(target):
+    (_temporary_directory(target) / "half-written").write_text("x")
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_run_that_keeps_diverging_stops_and_keeps_its_best_model(corpus: Path, tmp_path: Path) -> None:
+    model = tmp_path / "d"
+    result = run_cli("train", corpus, "-o", model, *TINY_RUN, "--epochs", "50", "--lr", "1e30", "--optimizer", "sgd",
+                     cwd=tmp_path)
+    assert result.returncode == 1, result
+    assert len(result.stderr.strip().splitlines()[-1:]) == 1 and "Traceback" not in result.stderr
+    assert "rnnlm: error:" in result.stderr and "diverged" in result.stderr.lower()
+    assert not os.path.exists(tmp_path / ".d.lock")
