@@ -18,22 +18,10 @@ from rnnlm import locks
 from rnnlm.errors import UserError
 from rnnlm.fileio import write_bytes_atomic, write_text_atomic
 from rnnlm.model import ModelConfig, RNNLanguageModel
-from rnnlm.outputs import DirectoryKind, build_aside, read_marker, replaced_whole
+from rnnlm.outputs import build_aside, read_marker, replaced_whole
+from rnnlm.model_files import (CHECKPOINT, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE, CHECKPOINT_TENSORS, CONFIG, METRICS,
+                               MODEL_DIRECTORY, MODEL_FORMAT, RETIRED_CHECKPOINT, TENSORBOARD, TOKENIZER, WEIGHTS)
 from rnnlm.tokenizers import Tokenizer, load_tokenizer, save_tokenizer
-
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-TOKENIZER = "tokenizer.json"
-METRICS = "metrics.jsonl"
-MODEL_FORMAT = "rnnlm-model"
-CHECKPOINT = "checkpoint"
-CHECKPOINT_STATE = "state.json"
-CHECKPOINT_TENSORS = "rng.safetensors"
-CHECKPOINT_OPTIMIZER = "optimizer.pt"
-RETIRED_CHECKPOINT = f".{CHECKPOINT}.old"  # the previous checkpoint, kept while the new one is renamed in
-TENSORBOARD = "tensorboard"
-MODEL_DIRECTORY = DirectoryKind("model directory", CONFIG, MODEL_FORMAT, 1,
-                                (CONFIG, WEIGHTS, TOKENIZER, METRICS, CHECKPOINT, RETIRED_CHECKPOINT, TENSORBOARD))
 
 
 @dataclass

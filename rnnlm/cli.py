@@ -110,7 +110,7 @@ def main_options(
 @app.command()
 def prepare(
     corpus: Annotated[list[str], typer.Argument(help="Text file(s) or directories of them, - for standard input, or a catalogue name: alice, tinyshakespeare, ptb, ptb-char.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write (replaced whole if it holds an earlier prepare).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write: new, empty, or an earlier prepare (whose files are replaced; files rnnlm did not write are kept, any other directory is refused).")],
     tokenizer: TokenizerOption = None,
     vocab_size: VocabSizeOption = None,
     min_count: MinCountOption = 1,
@@ -170,7 +170,7 @@ MAX_BATCH_ROWS = 10_000  # beams or samples decoded side by side
 def train(
     ctx: typer.Context,
     corpus: Annotated[Optional[list[str]], typer.Argument(help="Text file(s) or directories of them, a catalogue name (alice, tinyshakespeare, ptb, ptb-char), or a directory made by 'rnnlm prepare' (not with --resume).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory (default: models/NAME-CELL-TIME).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory (default: models/NAME-CELL-TIME): new, empty, or an earlier model (whose files are replaced; files rnnlm did not write are kept, any other directory is refused). One run writes a directory at a time.")] = None,
     preset: Annotated[Optional[str], typer.Option(help=f"A published configuration ({PRESET_NAMES}; 'rnnlm presets' lists their settings and sources). Options given on the command line override it.", show_default=False)] = None,
     cell: Annotated[Literal["lstm", "gru", "rnn_tanh", "rnn_relu"], typer.Option(help="Recurrent cell.")] = "lstm",
     layers: Annotated[int, typer.Option(min=1, max=MAX_LAYERS, help="Recurrent layers.")] = 2,
@@ -236,10 +236,8 @@ def train(
     from rnnlm.data import open_corpus
     from rnnlm.display import PrepareDisplay, TrainingDisplay
     from rnnlm.durations import parse_duration
-    from rnnlm.checkpoint import MODEL_DIRECTORY
+    from rnnlm.model_files import MODEL_DIRECTORY, default_output_dir
     from rnnlm.outputs import claimed
-    from rnnlm.train import default_output_dir
-    from rnnlm.train import train as train_model
 
     given = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
     settings = dict(ctx.params)
@@ -268,6 +266,8 @@ def train(
         if "epochs" in given and "max_time" not in given:
             changes["max_time"] = None  # as for a new run: --epochs alone sets no time budget
         with claimed(resume, MODEL_DIRECTORY) as directory:
+            from rnnlm.train import train as train_model
+
             corpus_data, model_config, config = resumed_settings(directory, changes)
             train_model(corpus_data, directory, model_config, config, TrainingDisplay(), resume=True)
         return
@@ -275,6 +275,7 @@ def train(
         raise typer.BadParameter("give a corpus to train on, or --resume MODEL_DIR", param_hint="'CORPUS...'")
     options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
                                valid_fraction, test_fraction, encoding_errors)
+    training_config(settings, timing).validate()  # before the corpus is read: corpus-based defaults are valid too
     with claimed(output or default_output_dir(corpus, settings["cell"]), MODEL_DIRECTORY) as directory:
         corpus_data = open_corpus(*resolve_sources(corpus, options, mirror), PrepareDisplay())
         _train_new(corpus_data, directory, settings, chosen_settings, timing)
@@ -292,10 +293,13 @@ def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_
         MODEL_SETTINGS.get(name, name): settings[name] for name in (
             "cell", "layers", "embedding_size", "hidden_size", "dropout", "input_dropout", "layer_dropout",
             "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie")})
-    config = TrainConfig(**{name: settings[name] for name in (
+    train_model(corpus_data, output, model_config, training_config(settings, timing), TrainingDisplay())
+
+
+def training_config(settings: dict[str, Any], timing: dict[str, Any]) -> TrainConfig:
+    return TrainConfig(**{name: settings[name] for name in (
         "bptt", "variable_bptt", "batch_size", "optimizer", "lr", "weight_decay", "clip", "schedule", "lr_decay", "decay_start",
         "nonmono", "warmup_steps", "precision", "random_seed")}, **timing)
-    train_model(corpus_data, output, model_config, config, TrainingDisplay())
 
 
 def option_text(name: str, value: object) -> str:

@@ -70,7 +70,7 @@ SUBWORD_SAMPLE_BYTES = 32 << 20  # about this much training text is sampled for 
 
 @dataclass
 class TextCounts:
-    """The counts every normalisation divides by (DESIGN.md): tokens, words, characters, lines."""
+    """The counts every normalisation divides by (docs/design.md): tokens, words, characters, lines."""
 
     tokens: int = 0
     words: int = 0

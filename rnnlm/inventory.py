@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from rnnlm import locks, project, units
-from rnnlm.checkpoint import METRICS, read_model_config
 from rnnlm.durations import spoken_duration
 from rnnlm.errors import UserError
+from rnnlm.model_files import METRICS, MODEL_DIRECTORY
+from rnnlm.outputs import read_marker
 
 
 @dataclass
@@ -94,7 +95,7 @@ def describe(path: Path) -> ModelInfo:
             info.problem = "training started here and has saved no model yet"
         return info
     try:
-        config = read_model_config(path)
+        config = read_marker(path, MODEL_DIRECTORY)
     except UserError as error:
         info.problem = str(error)
         return info

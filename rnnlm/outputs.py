@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +90,11 @@ def check_output(target: Path, kind: DirectoryKind) -> None:
     if not names:
         return
     if kind.marker not in names:
-        raise UserError(f"{target}: holds {_quoted(names[0])}, which rnnlm did not write; "
+        foreign = [name for name in names if not kind.owns(name)]
+        if not foreign:
+            raise UserError(f"{target}: {kind.marker} is missing, so this is not a complete rnnlm "
+                            f"{kind.description}; move it or choose another output")
+        raise UserError(f"{target}: holds {_quoted(foreign[0])}, which rnnlm did not write; "
                         f"rnnlm writes only into a new, empty or rnnlm {kind.description}")
     read_marker(target, kind)
     for name in names:
@@ -114,13 +118,14 @@ def claimed(path: Path, kind: DirectoryKind, wait: bool = False) -> Iterator[Pat
     Yields the normalised path."""
     target = normalised(path)
     check_output(target, kind)
-    try:
-        with locks.exclusive(target, wait):
-            check_output(target, kind)  # again: another process may have written it while we waited
-            _remove_stale_temporaries(target, kind)
-            yield target
-    except PermissionError as error:
-        raise UserError(f"{path}: cannot write here ({error.strerror})") from None
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(locks.exclusive(target, wait))
+        except (PermissionError, FileExistsError, NotADirectoryError) as error:
+            raise UserError(f"{path}: cannot write here ({error.strerror}: {error.filename})") from None
+        check_output(target, kind)  # again: another process may have written it while we waited
+        _remove_stale_temporaries(target, kind)
+        yield target
 
 
 def _remove_stale_temporaries(target: Path, kind: DirectoryKind) -> None:

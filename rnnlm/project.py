@@ -21,6 +21,7 @@ from pathlib import Path
 from rnnlm import locks
 from rnnlm.errors import UserError
 from rnnlm.fileio import write_bytes_atomic
+from rnnlm.model_files import CONFIG, TOKENIZER, WEIGHTS
 
 MODEL_VARIABLE = "RNNLM_MODEL"
 PROJECT_FOLDER = "models"  # where `rnnlm train` puts models by default, and where a project's pointer lives
@@ -129,8 +130,6 @@ def pointer_target(pointer: Path) -> Path | None:
 def model_problem(path: Path) -> str | None:
     """Why `path` cannot be a model directory at a glance (absent, not a directory, a file of a
     model missing), or None; the full checks happen when the model is read."""
-    from rnnlm.checkpoint import CONFIG, TOKENIZER, WEIGHTS
-
     if not path.exists():
         return "does not exist"
     if not path.is_dir():

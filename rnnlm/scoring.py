@@ -1,6 +1,6 @@
 """Log-likelihoods: of a running token stream, of independent lines, and a file's perplexity.
 
-Conventions (DESIGN.md): the end-of-line token is the start context and is never scored
+Conventions (docs/design.md): the end-of-line token is the start context and is never scored
 as context; every line's end-of-line token is scored. Totals are natural-log NLL (nats);
 per-word figures count whitespace words plus one per line end; bits per character count
 Unicode code points including the newline.
@@ -155,7 +155,7 @@ def _score_batch(model: RNNLanguageModel, sequences: list[np.ndarray], start_tok
 
 @dataclass
 class Perplexity:
-    """Running totals of a scored text, and the perplexities they give (DESIGN.md definitions)."""
+    """Running totals of a scored text, and the perplexities they give (docs/design.md definitions)."""
 
     mode: str
     nll: float = 0.0

@@ -733,8 +733,3 @@ def clustered_softmax_head(train_tokens: np.ndarray, vocab_size: int, features: 
     work = heads + 1 + (1 - coverage[heads - 1]) * (vocab_size - heads + features)
     best = int(work.argmin())
     return int(heads[best]) if work[best] * 2 <= vocab_size else 0
-
-
-def default_output_dir(sources: list[str], cell: str) -> Path:
-    name = Path(sources[0].rstrip("/")).stem or "corpus"
-    return Path("models") / f"{name}-{cell}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -85,7 +85,7 @@ def test_loading_a_bad_tokenizer_file_is_a_user_error(tmp_path) -> None:
 
 
 def hand_counts(text: str, alphabet: set[str]) -> dict[str, int]:
-    """Counts by the definitions of DESIGN.md, for text whose every line ends with a newline."""
+    """Counts by the definitions of docs/design.md, for text whose every line ends with a newline."""
     lines = text.split("\n")[:-1]
     return {
         "tokens": sum(len(line) + 1 for line in lines),  # char tokenizer: one per character + end-of-line
