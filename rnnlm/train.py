@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 
 from rnnlm import checkpoint, outputs, project, units
-from rnnlm.config import TrainConfig
+from rnnlm.config import TrainConfig, check_device_name
 from rnnlm.data import PreparedCorpus, mean_window_length, stream_batches, variable_window_length
-from rnnlm.errors import InvalidOption, UserError
+from rnnlm.errors import UserError
 from rnnlm.model import (
     ModelConfig,
     RNNLanguageModel,
@@ -73,19 +73,12 @@ class SilentReporter:
     def finish(self, result: TrainResult) -> None: pass
 
 
-COMPUTE_DEVICES = ("cpu", "cuda", "mps")
-
-
 def resolve_device(name: str) -> torch.device:
     """The torch device for `--device`: auto, or a device this machine has and rnnlm computes on."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in COMPUTE_DEVICES:
-        raise InvalidOption(f"--device {name!r} is not a device rnnlm computes on; use auto, cpu, cuda or cuda:N")
+    check_device_name(name)
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but torch sees no CUDA GPU here")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -393,12 +393,11 @@ def test_unusual_output_names_train_and_load(corpus: Path, tmp_path: Path, name:
 def test_two_trains_into_one_directory_one_wins_the_other_stops_at_once(corpus: Path, tmp_path: Path) -> None:
     model = tmp_path / "c"
     args = [sys.executable, "-m", "rnnlm", "train", str(corpus), "-o", str(model), *TINY_RUN]
-    first = subprocess.Popen([*args, "--epochs", "40"], stderr=subprocess.PIPE, env=cli_env())
+    first = subprocess.Popen([*args, "--epochs", "40", "--eval-every", "2"], stderr=subprocess.PIPE, env=cli_env())
     try:
-        lock = tmp_path / ".c.lock"
-        deadline = time.monotonic() + 60
-        while not (lock.exists() and lock.read_text().strip()):
-            assert time.monotonic() < deadline and first.poll() is None, "the first run never took the lock"
+        deadline = time.monotonic() + 120
+        while not (model / "config.json").exists():  # its first evaluation wrote the model directory
+            assert time.monotonic() < deadline and first.poll() is None, "the first run wrote no model"
             time.sleep(0.05)
         started = time.monotonic()
         second = run_cli("train", corpus, "-o", model, *TINY_RUN, "--hidden-size", "24", cwd=tmp_path,
