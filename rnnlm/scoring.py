@@ -137,7 +137,8 @@ def score_long_line(model: RNNLanguageModel, tokenizer: Tokenizer, line: str, de
     logprob = oov_logprob = 0.0
     tokens = oov = 0
     state: State | None = None
-    ids, logprobs = [], []
+    ids: list[np.ndarray] = []
+    logprobs: list[np.ndarray] = []
     for block in token_windows(encode_line_slices(tokenizer, line), tokenizer.eol_id, window):
         tensor = torch.from_numpy(block).to(device)[None]
         values, state = model(tensor[:, :-1], state, targets=tensor[:, 1:])
