@@ -21,6 +21,7 @@ from rnnlm.data import TextCounts
 from rnnlm.errors import UserError
 from rnnlm.fileio import split_lines
 from rnnlm.model import RNNLanguageModel, State, detach_state
+from rnnlm.slices import SLICE_CHARS, count_words_sliced, encode_line_slices, encode_slices, slice_text, token_windows
 from rnnlm.tokenizers import Tokenizer, count_words
 
 LOGIT_BUDGET = 1 << 22  # floats of logits held at once while scoring
@@ -99,10 +100,16 @@ def encode_line(tokenizer: Tokenizer, line: str) -> np.ndarray:
 @torch.inference_mode()
 def score_lines(model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[str],
                 detail: bool = False) -> list[LineScore]:
-    """Score each line on its own, from a fresh state, in length-sorted padded batches."""
-    encoded = [encode_line(tokenizer, line) for line in lines]
-    order = sorted(range(len(lines)), key=lambda i: len(encoded[i]))
+    """Score each line on its own, from a fresh state, in length-sorted padded batches; a line
+    longer than a slice (SLICE_CHARS characters) alone, in bounded memory (score_long_line)."""
     scores: list[LineScore | None] = [None] * len(lines)
+    encoded: dict[int, np.ndarray] = {}
+    for index, line in enumerate(lines):
+        if len(line) > SLICE_CHARS:
+            scores[index] = score_long_line(model, tokenizer, line, detail)
+        else:
+            encoded[index] = encode_line(tokenizer, line)
+    order = sorted(encoded, key=lambda i: len(encoded[i]))
     for batch in _length_batches(order, encoded):
         for index, line_logprobs in zip(batch, _score_batch(model, [encoded[i] for i in batch], tokenizer.eol_id)):
             ids = encoded[index]
@@ -120,7 +127,36 @@ def score_lines(model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[s
     return scores  # type: ignore[return-value]
 
 
-def _length_batches(order: list[int], encoded: list[np.ndarray]) -> Iterator[list[int]]:
+@torch.inference_mode()
+def score_long_line(model: RNNLanguageModel, tokenizer: Tokenizer, line: str, detail: bool = False) -> LineScore:
+    """One line of any length, from a fresh state, holding a slice of its text and a window of its
+    tokens at a time (with `detail`, also its per-token results): the windows fall where the
+    batched path puts them for a line alone, so the log-probabilities are the same."""
+    device = model.embedding.weight.device
+    window = time_window(1, model.config.vocab_size)
+    logprob = oov_logprob = 0.0
+    tokens = oov = 0
+    state: State | None = None
+    ids: list[np.ndarray] = []
+    logprobs: list[np.ndarray] = []
+    for block in token_windows(encode_line_slices(tokenizer, line), tokenizer.eol_id, window):
+        tensor = torch.from_numpy(block).to(device)[None]
+        values, state = model(tensor[:, :-1], state, targets=tensor[:, 1:])
+        values = values[0].cpu().double().numpy()
+        unknown = block[1:] == tokenizer.unk_id
+        logprob += float(values.sum())
+        oov_logprob += float(values[unknown].sum())
+        tokens += len(values)
+        oov += int(np.count_nonzero(unknown))
+        if detail:
+            ids.append(block[1:].copy())
+            logprobs.append(values)
+    return LineScore(logprob=logprob, tokens=tokens, oov=oov, words=count_words_sliced(line) + 1, chars=len(line) + 1,
+                     oov_logprob=oov_logprob, token_ids=np.concatenate(ids).tolist() if detail else [],
+                     token_logprobs=np.concatenate(logprobs).tolist() if detail else [])
+
+
+def _length_batches(order: list[int], encoded: dict[int, np.ndarray]) -> Iterator[list[int]]:
     """Groups of similar-length lines whose padded size stays within the token budget."""
     batch: list[int] = []
     for index in order:
@@ -175,17 +211,19 @@ class Perplexity:
         self.chars += score.chars
         self.lines += 1
 
-    def add_text(self, lines: Sequence[str], totals: NLLTotals) -> None:
-        """Add scored lines, counted as `prepare` counts them (one definition of words and characters)."""
+    def add_text(self, text: str) -> None:
+        """Count text as `prepare` counts it (one definition of words and characters)."""
         counts = TextCounts()
-        counts.add_text("".join(line + "\n" for line in lines))
+        counts.add_text(text)
+        self.words += counts.words
+        self.chars += counts.chars
+        self.lines += counts.lines
+
+    def add_totals(self, totals: NLLTotals) -> None:
         self.nll += totals.nll
         self.oov_nll += totals.oov_nll
         self.tokens += totals.tokens
         self.oov += totals.oov
-        self.words += counts.words
-        self.chars += counts.chars
-        self.lines += counts.lines
 
     def to_dict(self) -> dict[str, float | int | str]:
         in_vocab = self.tokens - self.oov
@@ -218,11 +256,13 @@ class _DynamicScorer:
         self.settings = settings
         self.trained = [p.detach().clone() for p in model.parameters()]
 
-    def score(self, ids: np.ndarray, previous: int, state: State | None, unk_id: int) -> tuple[NLLTotals, State | None]:
-        stream = torch.from_numpy(np.concatenate([[previous], ids]).astype(np.int64)).to(self.model.embedding.weight.device)
+    def score(self, segments: Iterable[np.ndarray], unk_id: int) -> NLLTotals:
+        """Totals of the stream given as segments, each its context token and then its targets."""
+        device = self.model.embedding.weight.device
         totals = NLLTotals()
-        for start in range(0, len(ids), self.settings.segment):
-            segment = stream[start : start + self.settings.segment + 1][None]
+        state: State | None = None
+        for block in segments:
+            segment = torch.from_numpy(block).to(device)[None]
             with torch.enable_grad():
                 logprobs, state = self.model(segment[:, :-1], state, targets=segment[:, 1:])
                 self.model.zero_grad(set_to_none=True)
@@ -232,7 +272,7 @@ class _DynamicScorer:
             unknown = segment[:, 1:] == unk_id
             totals.add(NLLTotals(-logprobs.sum().item(), logprobs.numel(), int(unknown.sum()), -logprobs[unknown].sum().item()))
             state = detach_state(state)
-        return totals, state
+        return totals
 
     @torch.no_grad()
     def _step(self) -> None:
@@ -243,6 +283,30 @@ class _DynamicScorer:
                 parameter.add_(self.settings.decay * (trained - parameter))
 
 
+def _window_totals(model: RNNLanguageModel, windows: Iterable[np.ndarray], unk_id: int) -> NLLTotals:
+    """Totals of a stream given as windows, each its context token and then its targets, state carried."""
+    totals = NLLTotals()
+    state: State | None = None
+    for block in windows:
+        block_totals, state = stream_totals(model, block[1:], 1, len(block) - 1, int(block[0]), state, unk_id)
+        totals.add(block_totals)
+    return totals
+
+
+def _counted_tokens(tokenizer: Tokenizer, chunks: Iterable[str], result: Perplexity) -> Iterator[np.ndarray]:
+    """The tokens of text chunks a slice at a time, every line ended by its end-of-line token (the
+    last line too, with or without its newline); the text is counted into `result` on the way."""
+    for text in chunks:
+        if not text:
+            continue
+        for piece in slice_text(text):
+            result.add_text(piece)
+        yield from encode_slices(tokenizer, text)
+        if not text.endswith("\n"):
+            result.add_text("\n")
+            yield np.array([tokenizer.eol_id], dtype=np.int64)
+
+
 def perplexity(model: RNNLanguageModel, tokenizer: Tokenizer, chunks: Iterable[str],
                independent_lines: bool = False, dynamic: DynamicEvaluation | None = None) -> Perplexity:
     """Perplexity of text given as chunks that end on line boundaries (the last may not).
@@ -250,26 +314,20 @@ def perplexity(model: RNNLanguageModel, tokenizer: Tokenizer, chunks: Iterable[s
     Stream mode carries the state across lines and chunks, as the published PTB numbers do;
     independent-lines mode scores each line from a fresh state, as `score` does. With
     `dynamic`, the model (a copy is not made: the caller's model adapts) learns as it reads.
+    Either way a slice of text and a window of tokens are held at a time, however long a line.
     """
     if dynamic is not None and independent_lines:
         raise UserError("dynamic evaluation reads the text as one stream; it does not combine with --independent-lines")
     result = Perplexity("independent-lines" if independent_lines else "dynamic-stream" if dynamic else "stream")
-    scorer = _DynamicScorer(model, dynamic) if dynamic is not None else None
-    state: State | None = None
-    previous = tokenizer.eol_id
-    for text in chunks:
-        lines = split_lines(text)
-        if not lines:
-            continue
-        if independent_lines:
-            for score in score_lines(model, tokenizer, lines):
+    if independent_lines:
+        for text in chunks:
+            for score in score_lines(model, tokenizer, split_lines(text)):
                 result.add_line(score)
-            continue
-        ids = np.concatenate([encode_line(tokenizer, line) for line in lines])
-        if scorer is not None:
-            totals, state = scorer.score(ids, previous, state, tokenizer.unk_id)
-        else:
-            totals, state = stream_totals(model, ids, 1, 512, previous, state, tokenizer.unk_id)
-        result.add_text(lines, totals)
-        previous = int(ids[-1])
+        return result
+    window = dynamic.segment if dynamic is not None else time_window(1, model.config.vocab_size)
+    windows = token_windows(_counted_tokens(tokenizer, chunks, result), tokenizer.eol_id, window)
+    if dynamic is not None:
+        result.add_totals(_DynamicScorer(model, dynamic).score(windows, tokenizer.unk_id))
+    else:
+        result.add_totals(_window_totals(model, windows, tokenizer.unk_id))
     return result
