@@ -28,11 +28,12 @@ def cuts_anywhere(tokenizer: Tokenizer) -> bool:
 
 
 def _cut(text: str, start: int, end: int) -> int:
-    """The last cut (before a space, after a newline) in start+1..end, else the first after end, else -1."""
+    """The last cut (before a space, after a newline) in start+1..end, else the first after end and
+    before the end of the text, else -1."""
     cut = max(text.rfind(" ", start + 1, end + 1), text.rfind("\n", start, end) + 1)
     if cut > start:
         return cut
-    later = [at for at in (text.find(" ", end), text.find("\n", end) + 1) if at > end]
+    later = [at for at in (text.find(" ", end), text.find("\n", end) + 1) if end < at < len(text)]
     return min(later, default=-1)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from conftest import WORDS, make_corpus, run_cli
@@ -98,6 +98,7 @@ def test_a_long_line_tokenised_in_slices_is_the_line_tokenised_whole(tokenizers,
 
 
 @given(text=st.text(alphabet=" \n\tab", max_size=200), size=st.integers(1, 30))
+@example(text="a\n", size=1)  # the only cut is the end of the text: no empty slice after it
 def test_slices_are_cut_before_a_space_or_after_a_newline_and_kept_short_where_they_can_be(text: str,
                                                                                              size: int) -> None:
     slices = list(slice_text(text, size))
