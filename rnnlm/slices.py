@@ -47,8 +47,7 @@ def slice_text(text: str, size: int = SLICE_CHARS, anywhere: bool = False) -> It
             break
         yield text[start:end]
         start = end
-    if start < len(text) or not text:  # a last cut at the very end leaves nothing more to give
-        yield text[start:]
+    yield text[start:]
 
 
 def encode_slices(tokenizer: Tokenizer, text: str, size: int = SLICE_CHARS) -> Iterator[np.ndarray]:
