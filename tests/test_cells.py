@@ -321,3 +321,9 @@ def test_a_model_of_an_unknown_cell_is_refused_in_one_line(cell_run: CellRun, tm
     refused = run_cli("sample", "-m", tmp_path / "model", "--length", "3")
     assert refused.returncode == 1 and len(refused.stderr_lines) == 1, refused
     assert "'quantum'" in refused.stderr and "rnnlm 0." in refused.stderr, refused
+
+
+def test_torch_cells_keep_the_weight_names_of_earlier_model_directories() -> None:
+    names = set(RNNLanguageModel(ModelConfig(vocab_size=30, cell="lstm", layers=2, tie=False)).state_dict())
+    per_layer = {f"rnns.{layer}.{kind}_{part}_l0" for layer in (0, 1) for kind in ("weight", "bias") for part in ("ih", "hh")}
+    assert names == per_layer | {"embedding.weight", "decoder.weight", "decoder.bias"}

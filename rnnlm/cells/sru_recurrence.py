@@ -8,8 +8,8 @@ u[b, t] = (x̃_t, f̃_t, r̃_t) and highway input x_t:
 
 Every (b, j) is independent, so the kernels run in parallel over the batch and blocks of
 hidden units (numba's prange), each walking its block along time, forwards for the outputs
-and backwards (a reverse scan that recomputes the gates from the saved c_t) for the
-gradients. Done as a Python loop of small tensor operations per time step, the same work
+and backwards (a reverse scan over the saved c_t and gates, so that no exponential is taken
+twice) for the gradients. Done as a Python loop of small tensor operations per time step, the same work
 costs a dispatch per operation and per step; here it is one call per window.
 
 `params` stacks (v_f, v_r, b_f, b_r) as rows. The kernels take float32 or float64 arrays
@@ -35,9 +35,10 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=True)
 def _forward_kernel(u: np.ndarray, xh: np.ndarray, params: np.ndarray, c0: np.ndarray, h: np.ndarray,
-                    c: np.ndarray) -> None:  # pragma: no cover (compiled)
+                    c: np.ndarray, gates: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """h and c of every step, and the gates f and r, which the backward pass reads back."""
     batch, steps, _, hidden = u.shape
     blocks = (hidden + BLOCK - 1) // BLOCK
     for task in prange(batch * blocks):
@@ -52,12 +53,14 @@ def _forward_kernel(u: np.ndarray, xh: np.ndarray, params: np.ndarray, c0: np.nd
                 now = f * previous + (1.0 - f) * u[b, t, 0, j]
                 c[b, t, j] = now
                 h[b, t, j] = r * now + (1.0 - r) * xh[b, t, j]
+                gates[b, t, 0, j] = f
+                gates[b, t, 1, j] = r
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=True)
 def _backward_kernel(u: np.ndarray, xh: np.ndarray, params: np.ndarray, c0: np.ndarray, c: np.ndarray,
-                     dh: np.ndarray, dc: np.ndarray, du: np.ndarray, dxh: np.ndarray, dparams: np.ndarray
-                     ) -> None:  # pragma: no cover (compiled)
+                     gates: np.ndarray, dh: np.ndarray, dc: np.ndarray, du: np.ndarray, dxh: np.ndarray,
+                     dparams: np.ndarray) -> None:  # pragma: no cover (compiled)
     """On entry `dc` holds the gradient of the final c; on return, that of c_0. `dparams` gets
     each batch row's share of the parameters' gradient, summed afterwards (no two tasks write
     the same element)."""
@@ -71,8 +74,8 @@ def _backward_kernel(u: np.ndarray, xh: np.ndarray, params: np.ndarray, c0: np.n
             for j in range(low, high):
                 previous = c0[b, j] if t == 0 else c[b, t - 1, j]
                 now = c[b, t, j]
-                f = _sigmoid(u[b, t, 1, j] + params[0, j] * previous + params[2, j])
-                r = _sigmoid(u[b, t, 2, j] + params[1, j] * previous + params[3, j])
+                f = gates[b, t, 0, j]
+                r = gates[b, t, 1, j]
                 grad_h = dh[b, t, j]
                 grad_c = dc[b, j] + grad_h * r
                 grad_f = grad_c * (previous - u[b, t, 0, j]) * f * (1.0 - f)
@@ -96,20 +99,21 @@ class FusedRecurrence(torch.autograd.Function):
                 c0: Tensor) -> tuple[Tensor, Tensor]:
         u, xh, params, c0 = (t.detach().contiguous() for t in (u, xh, params, c0))
         h, c = torch.empty_like(xh), torch.empty_like(xh)
-        _forward_kernel(u.numpy(), xh.numpy(), params.numpy(), c0.numpy(), h.numpy(), c.numpy())
-        ctx.save_for_backward(u, xh, params, c0, c)
+        gates = torch.empty(*xh.shape[:2], 2, xh.shape[2], dtype=xh.dtype)
+        _forward_kernel(u.numpy(), xh.numpy(), params.numpy(), c0.numpy(), h.numpy(), c.numpy(), gates.numpy())
+        ctx.save_for_backward(u, xh, params, c0, c, gates)
         return h, c[:, -1].clone()
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dh: Tensor | None,  # type: ignore[override]
                  dc_last: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        u, xh, params, c0, c = ctx.saved_tensors  # type: ignore[attr-defined]
+        u, xh, params, c0, c, gates = ctx.saved_tensors  # type: ignore[attr-defined]
         dh = torch.zeros_like(xh) if dh is None else dh.to(xh.dtype).contiguous()
         dc = torch.zeros_like(c0) if dc_last is None else dc_last.to(c0.dtype).contiguous().clone()
         du, dxh = torch.empty_like(u), torch.empty_like(xh)
         dparams = torch.zeros(u.shape[0], *params.shape, dtype=params.dtype)
-        _backward_kernel(u.numpy(), xh.numpy(), params.numpy(), c0.numpy(), c.numpy(), dh.numpy(), dc.numpy(),
-                         du.numpy(), dxh.numpy(), dparams.numpy())
+        _backward_kernel(u.numpy(), xh.numpy(), params.numpy(), c0.numpy(), c.numpy(), gates.numpy(), dh.numpy(),
+                         dc.numpy(), du.numpy(), dxh.numpy(), dparams.numpy())
         return du, dxh, dparams.sum(0), dc
 
 
