@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 import typer
 
 from rnnlm import __version__
-from rnnlm.cells import CELL_NAMES, CELL_OPTIONS, cells_help, check_cell_options
+from rnnlm.cells import CELL_NAMES, CELL_OPTIONS, cell_named, cells_help, check_cell_options
 from rnnlm.config import PRESETS, DynamicEvaluation, Preset, SamplingConfig, TrainConfig
 from rnnlm.errors import InvalidOption, UserError
 
@@ -170,6 +170,7 @@ def train(
     preset: Annotated[Optional[str], typer.Option(help=f"A published configuration ({PRESET_NAMES}; 'rnnlm presets' lists their settings and sources). Options given on the command line override it.", show_default=False)] = None,
     cell: Annotated[CellName, typer.Option(help=cells_help())] = "lstm",
     mogrifier_rounds: Annotated[Optional[int], typer.Option(min=0, help="mogrifier cell: rounds of gating between the input and the hidden state before each step (0: a plain LSTM) (default: 5).", show_default=False)] = None,
+    attention_memory: Annotated[Optional[int], typer.Option(min=1, help="sru++ cell: the positions each token attends to, itself and those before it, carried across windows in the recurrent state (default: --bptt).", show_default=False)] = None,
     layers: Annotated[int, typer.Option(min=1, max=MAX_LAYERS, help="Recurrent layers.")] = 2,
     embedding_size: Annotated[Optional[int], typer.Option(min=1, help="Embedding size (default: chosen from the corpus size).")] = None,
     hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size (default: 256 below 500,000 training tokens or under a budget below 10 minutes, else 512).")] = None,
@@ -286,6 +287,8 @@ def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_
 
     settings |= {name: value for name, value in default_training(corpus_data).items() if name not in chosen_settings}
     cell_settings = {name: settings[name] for name in CELL_OPTIONS if settings.get(name) is not None}
+    if "attention_memory" in cell_named(settings["cell"]).options and settings["attention_memory"] is None:
+        cell_settings["attention_memory"] = settings["bptt"]  # the window before, as SRU++ trains
     model_config = default_model_config(corpus_data, timing["max_time"], **cell_settings, **{
         MODEL_SETTINGS.get(name, name): settings[name] for name in (
             "cell", "layers", "embedding_size", "hidden_size", "dropout", "input_dropout", "layer_dropout",

@@ -46,11 +46,14 @@ class ModelConfig:
     init_range: Optional[float] = None  # every weight uniform in ±init_range (None: torch's defaults)
     softmax_head: Optional[int] = None  # tokens 0..head-1 in the first level of a clustered softmax (None: one softmax)
     mogrifier_rounds: int = 5  # the mogrifier cell: rounds of mutual gating before each LSTM step
+    attention_memory: int = 64  # the sru++ cell: positions each token attends to (itself and those before it)
 
     def __post_init__(self) -> None:
         cell_named(self.cell)  # a ValueError naming the cells this version has
         if self.mogrifier_rounds < 0:
             raise ValueError(f"mogrifier_rounds must be 0 or more, got {self.mogrifier_rounds}")
+        if self.attention_memory < 1:
+            raise ValueError(f"attention_memory must be at least 1, got {self.attention_memory}")
         for name in ("dropout", "input_dropout", "layer_dropout", "embedding_dropout", "weight_dropout"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:

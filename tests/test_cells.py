@@ -38,9 +38,10 @@ INTERRUPT_AT = 9  # mid-epoch, so that the checkpoint carries a recurrent state
 
 
 def tiny_config(cell: str, vocab_size: int, **overrides: Any) -> ModelConfig:
-    """Two layers, the first with an input narrower than its hidden size (SRU's projected highway)."""
+    """Two layers, the first with an input narrower than its hidden size (SRU's projected highway);
+    an attention memory shorter than the windows and the pieces, so that it is cut and carried."""
     settings: dict[str, Any] = dict(vocab_size=vocab_size, cell=cell, layers=2, embedding_size=8, hidden_size=12,
-                                    dropout=0.1, weight_dropout=0.2, tie=True, mogrifier_rounds=3)
+                                    dropout=0.1, weight_dropout=0.2, tie=True, mogrifier_rounds=3, attention_memory=5)
     return ModelConfig(**settings | overrides)
 
 
@@ -302,10 +303,12 @@ def test_cell_help_and_errors(tmp_path: Path) -> None:
     assert all(name in shown.stdout for name in CELLS), shown
     unknown = run_cli("train", "corpus.txt", "--cell", "transformer", cwd=tmp_path)
     assert unknown.returncode == 2 and all(name in unknown.stderr for name in CELLS), unknown
-    for options in (["--cell", "mogrifier", "--mogrifier-rounds", "-1"], ["--cell", "lstm", "--mogrifier-rounds", "2"]):
-        refused = run_cli("train", "corpus.txt", *options, cwd=tmp_path)
-        assert refused.returncode == 2 and "--mogrifier-rounds" in refused.stderr, refused
-    assert "applies to the mogrifier cell only" in refused.stderr and len(refused.stderr_lines) == 1, refused
+    for option, cell, wrong in (("--mogrifier-rounds", "mogrifier", "-1"), ("--attention-memory", "sru++", "0")):
+        refused = run_cli("train", "corpus.txt", "--cell", cell, option, wrong, cwd=tmp_path)
+        assert refused.returncode == 2 and option in refused.stderr, refused
+        refused = run_cli("train", "corpus.txt", "--cell", "lstm", option, "2", cwd=tmp_path)
+        assert refused.returncode == 2 and f"applies to the {cell} cell only" in refused.stderr, refused
+        assert len(refused.stderr_lines) == 1, refused
 
 
 def test_a_model_of_an_unknown_cell_is_refused_in_one_line(cell_run: CellRun, tmp_path: Path) -> None:

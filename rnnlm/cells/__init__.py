@@ -40,6 +40,9 @@ CELLS: dict[str, Cell] = {cell.name: cell for cell in (
     Cell("mogrifier", "Mogrifier LSTM (Melis et al., 2020): input and hidden state gate each other for "
          "--mogrifier-rounds rounds before each LSTM step", "mogrifier", "MogrifierLayer", 2, ("weight_hh_l0",),
          ("mogrifier_rounds",)),
+    Cell("sru++", "SRU++ (Lei, 2021): an SRU whose input projection attends over the window and the "
+         "--attention-memory positions before it", "sru_pp", "SRUPlusPlusLayer", 3, ("recurrence",),
+         ("attention_memory",)),
 )}
 
 CELL_NAMES = tuple(CELLS)

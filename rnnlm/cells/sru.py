@@ -35,9 +35,15 @@ class SRULayer(ZeroState, nn.Module):
         nn.init.uniform_(self.recurrence, -math.sqrt(3 / hidden_size), math.sqrt(3 / hidden_size))
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        h, c = self.recur(F.linear(x, self.weight), x, state[0])
+        return h, (c,)
+
+    def recur(self, projected: Tensor, x: Tensor, c0: Tensor) -> tuple[Tensor, Tensor]:
+        """The outputs and the final c (shaped as `c0`) from the window's projections
+        (batch, time, blocks × hidden) and the layer's input x, for the highway."""
         batch, steps, _ = x.shape
-        projected = F.linear(x, self.weight).float().view(batch, steps, self.blocks, self.hidden_size)
+        projected = projected.float().view(batch, steps, self.blocks, self.hidden_size)
         highway = projected[:, :, 3] if self.blocks == 4 else x.float()
         params = torch.cat([self.recurrence, self.bias]).float()
-        h, c = recurrence(projected[:, :, :3], highway, params, state[0][0].float())
-        return h, (c[None].to(state[0].dtype),)
+        h, c = recurrence(projected[:, :, :3], highway, params, c0[0].float())
+        return h, c[None].to(c0.dtype)
