@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="rnnlm",
-    help="Train recurrent language models (LSTM, GRU, RNN) on plain text; sample, score and measure them.\n\n"
+    help="Train recurrent language models (LSTM, GRU, RNN, SRU, SRU++, Mogrifier LSTM) on plain text; sample, score and measure them.\n\n"
     "Log-probabilities are natural logs (nats) unless a base is chosen. Tokens include one end-of-line token "
     "per line; words are whitespace words plus one per line end; bits per character count Unicode code points "
     "including the newline.",
