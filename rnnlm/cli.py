@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 import typer
 
 from rnnlm import __version__
+from rnnlm.cells import CELL_NAMES, CELL_OPTIONS, cell_named, cells_help, check_cell_options
 from rnnlm.config import PRESETS, DynamicEvaluation, Preset, SamplingConfig, TrainConfig
 from rnnlm.errors import InvalidOption, UserError
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="rnnlm",
-    help="Train recurrent language models (LSTM, GRU, RNN) on plain text; sample, score and measure them.\n\n"
+    help="Train recurrent language models (LSTM, GRU, RNN, SRU, SRU++, Mogrifier LSTM) on plain text; sample, score and measure them.\n\n"
     "Log-probabilities are natural logs (nats) unless a base is chosen. Tokens include one end-of-line token "
     "per line; words are whitespace words plus one per line end; bits per character count Unicode code points "
     "including the newline.",
@@ -161,6 +162,7 @@ def _prepare_options(corpus: list[str], tokenizer: Optional[str], vocab_size: Op
 
 
 PRESET_NAMES = ", ".join(PRESETS)
+CellName = Literal[CELL_NAMES]  # type: ignore[valid-type]  # the registry's cells
 MAX_RANDOM_SEED = 2**63 - 1  # torch's and numpy's generators take any seed up to this
 MAX_LAYERS = 100
 MAX_BATCH_ROWS = 10_000  # beams or samples decoded side by side
@@ -172,7 +174,9 @@ def train(
     corpus: Annotated[Optional[list[str]], typer.Argument(help="Text file(s) or directories of them, a catalogue name (alice, tinyshakespeare, ptb, ptb-char), or a directory made by 'rnnlm prepare' (not with --resume).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory (default: models/NAME-CELL-TIME): new, empty, or an earlier model (whose files are replaced; files rnnlm did not write are kept, any other directory is refused). One run writes a directory at a time.")] = None,
     preset: Annotated[Optional[str], typer.Option(help=f"A published configuration ({PRESET_NAMES}; 'rnnlm presets' lists their settings and sources). Options given on the command line override it.", show_default=False)] = None,
-    cell: Annotated[Literal["lstm", "gru", "rnn_tanh", "rnn_relu"], typer.Option(help="Recurrent cell.")] = "lstm",
+    cell: Annotated[CellName, typer.Option(help=cells_help())] = "lstm",
+    mogrifier_rounds: Annotated[Optional[int], typer.Option(min=0, help="mogrifier cell: rounds of gating between the input and the hidden state before each step (0: a plain LSTM) (default: 5).", show_default=False)] = None,
+    attention_memory: Annotated[Optional[int], typer.Option(min=1, help="sru++ cell: the positions each token attends to, itself and those before it, carried across windows in the recurrent state (default: --bptt).", show_default=False)] = None,
     layers: Annotated[int, typer.Option(min=1, max=MAX_LAYERS, help="Recurrent layers.")] = 2,
     embedding_size: Annotated[Optional[int], typer.Option(min=1, help="Embedding size (default: chosen from the corpus size).")] = None,
     hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size (default: 256 below 500,000 training tokens or under a budget below 10 minutes, else 512).")] = None,
@@ -180,7 +184,7 @@ def train(
     input_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on the embeddings, the first layer's input (default: --dropout).")] = None,
     layer_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout between recurrent layers (default: --dropout).")] = None,
     embedding_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Embedding dropout: drop whole word types from each batch (AWD-LSTM's dropoute).")] = 0.0,
-    weight_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="DropConnect on the hidden-to-hidden weights, one mask per batch (AWD-LSTM's wdrop).")] = 0.0,
+    weight_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="DropConnect on the hidden-to-hidden weights (sru: the recurrent vectors), one mask per batch (AWD-LSTM's wdrop).")] = 0.0,
     locked_dropout: Annotated[bool, typer.Option("--locked-dropout/--no-locked-dropout", help="Variational (locked) dropout: one mask per sequence, the same at every time step, for the input, between-layer and output dropouts.")] = False,
     ar: Annotated[float, typer.Option("--ar", min=0.0, help="Activation regularisation: add ALPHA × mean square of the (dropped) top-layer outputs to the loss.")] = 0.0,
     tar: Annotated[float, typer.Option("--tar", min=0.0, help="Temporal activation regularisation: add BETA × mean square of the change in the top-layer outputs between time steps.")] = 0.0,
@@ -250,6 +254,7 @@ def train(
         settings |= {name: value for name, value in preset_settings.items() if name not in given}
         chosen_settings |= set(preset_settings)
         typer.echo(f"preset {chosen.name}: {chosen.source}; published: {chosen.published}", err=True)
+    check_cell_options(settings["cell"], settings)
     max_time, epochs = settings["max_time"], settings["epochs"]
     if isinstance(max_time, str):
         max_time = parse_duration(max_time)
@@ -289,7 +294,10 @@ def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_
     from rnnlm.train import train as train_model
 
     settings |= {name: value for name, value in default_training(corpus_data).items() if name not in chosen_settings}
-    model_config = default_model_config(corpus_data, timing["max_time"], **{
+    cell_settings = {name: settings[name] for name in CELL_OPTIONS if settings.get(name) is not None}
+    if "attention_memory" in cell_named(settings["cell"]).options and settings["attention_memory"] is None:
+        cell_settings["attention_memory"] = settings["bptt"]  # the window before, as SRU++ trains
+    model_config = default_model_config(corpus_data, timing["max_time"], **cell_settings, **{
         MODEL_SETTINGS.get(name, name): settings[name] for name in (
             "cell", "layers", "embedding_size", "hidden_size", "dropout", "input_dropout", "layer_dropout",
             "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie")})

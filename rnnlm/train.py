@@ -484,9 +484,8 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
         tensors = {f"rng.cpu.{rank}": state.clone() for rank, state in enumerate(generators)}
         if device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-        if carried is not None:
-            parts = carried if isinstance(carried, tuple) else (carried,)
-            tensors |= {f"carried.{i}": dist.gather(part, 1).cpu() for i, part in enumerate(parts)}
+        if carried is not None:  # the state tuple, one tensor each, batch rows on axis 1
+            tensors |= {f"carried.{i}": dist.gather(part, 1).cpu() for i, part in enumerate(carried)}
         if average is not None:
             tensors |= {f"average.{name}": mean.cpu() for name, mean in average.means.items()}
             run.averaged_steps = average.steps
@@ -602,8 +601,9 @@ def restore(saved: checkpoint.Checkpoint, model: RNNLanguageModel, optimizer: to
         torch.set_rng_state(rng)
     if device.type == "cuda" and "rng.cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng.cuda"], device)
-    parts = [tensors[key][:, local_rows].to(device) for key in sorted(k for k in tensors if k.startswith("carried."))]
-    carried: State | None = None if not parts else tuple(parts) if len(parts) > 1 else parts[0]  # type: ignore[assignment]
+    arity = len(model.initial_state(1))
+    parts = [tensors[f"carried.{i}"][:, local_rows].to(device) for i in range(arity) if f"carried.{i}" in tensors]
+    carried: State | None = tuple(parts) if len(parts) == arity else None
     means = {key.removeprefix("average."): tensor.to(device) for key, tensor in tensors.items() if key.startswith("average.")}
     average = WeightAverage(model, run.averaged_steps, means) if means else None
     return run, carried, average
@@ -642,9 +642,7 @@ def run_state_from(saved: checkpoint.Checkpoint) -> RunState:
 
 def checked_tensors(saved: checkpoint.Checkpoint, model: RNNLanguageModel, batch_size: int) -> dict[str, Tensor]:
     """rng.safetensors' tensors, checked against the run: generator states, carried state, weight means."""
-    expected_state = model.initial_state(batch_size)
-    parts = expected_state if isinstance(expected_state, tuple) else (expected_state,)
-    shapes = {f"carried.{i}": part.shape for i, part in enumerate(parts)}
+    shapes = {f"carried.{i}": part.shape for i, part in enumerate(model.initial_state(batch_size))}
     shapes |= {f"average.{name}": p.shape for name, p in model.named_parameters()}
     for name, tensor in saved.tensors.items():
         if name.startswith("rng."):
@@ -653,6 +651,9 @@ def checked_tensors(saved: checkpoint.Checkpoint, model: RNNLanguageModel, batch
                 raise saved.fault(checkpoint.CHECKPOINT_TENSORS, f"{name} is not a random generator state")
         elif shapes.get(name) != tensor.shape:
             raise saved.fault(checkpoint.CHECKPOINT_TENSORS, f"{name} does not fit the model and batch")
+    carried = [name in saved.tensors for name in shapes if name.startswith("carried.")]
+    if any(carried) and not all(carried):
+        raise saved.fault(checkpoint.CHECKPOINT_TENSORS, "holds only part of the carried recurrent state")
     return saved.tensors
 
 
