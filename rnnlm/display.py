@@ -88,6 +88,7 @@ class TrainingDisplay:
         table.add_row("steps", f"{result.steps:,}")
         table.add_row("tokens seen", f"{result.tokens:,}")
         table.add_row("time", format_duration(result.elapsed_s))
+        table.add_row("peak memory", f"{result.peak_rss_mb:,.0f} MiB resident")
         table.add_row("best validation", f"{result.best_val_loss:.4f} nats/token, {result.best_val_bpc:.4f} bits/char")
         table.add_row("model", str(result.directory))
         self.console.print(table)
