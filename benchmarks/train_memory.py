@@ -184,6 +184,11 @@ def report(runs: list[Run], minutes: float, drawn: bool, before: Path | None) ->
     if before is not None:
         notes.append(f"Defaults' speed after ÷ before the fix (same run, same machine): "
                      f"{speeds['defaults'] / speeds['defaults, before the fix']:.2f} (code before: `{before}`).")
+    notes += ["", "The cause of the growth before the fix, measured with glibc's heap statistics: "
+              "[train_memory_cause.md](train_memory_cause.md) (benchmarks/train_memory_cause.py). The number of rare "
+              "targets varies per batch, so the rare level's temporaries (13-20 MB each) took a new shape every step "
+              "and fragmented the heap; rnnlm/softmax.py pads those rows to a few bucket sizes and casts the decoder "
+              "to bf16 once per step."]
     if drawn:
         notes += ["", "![resident memory over time](train_memory.png)"]
     write_markdown("train_memory", "Training memory: a large-vocabulary word corpus", table, notes)
