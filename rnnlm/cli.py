@@ -220,7 +220,7 @@ def train(
 
     Teacher forcing over stateful truncated back-propagation batches; the weights with the lowest
     validation loss are kept. The model directory (config.json, model.safetensors, tokenizer.json,
-    metrics.jsonl with losses in nats per token) becomes the latest model for sample, score and perplexity.
+    metrics.jsonl with losses in nats per token and peak memory in MiB) becomes the latest model for sample, score and perplexity.
     Regularisation: dropout on the embeddings, between layers and on the outputs (by default chosen
     from the corpus; locked on request); embedding dropout, weight dropout, AR and TAR (off unless
     asked for or set by a preset).
