@@ -230,7 +230,7 @@ def train(
 
     Teacher forcing over stateful truncated back-propagation batches; the weights with the lowest
     validation loss are kept. The model directory (config.json, model.safetensors, tokenizer.json,
-    metrics.jsonl with losses in nats per token), once it holds a model, becomes the latest one for sample,
+    metrics.jsonl with losses in nats per token and peak memory in MiB), once it holds a model, becomes the latest one for sample,
     score and perplexity: its project's (models/latest, when it lies in a models/ folder) and the user's.
     Regularisation: dropout on the embeddings, between layers and on the outputs (by default chosen
     from the corpus; locked on request); embedding dropout, weight dropout, AR and TAR (off unless

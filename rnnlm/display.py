@@ -91,6 +91,7 @@ class TrainingDisplay:
         table.add_row("steps", f"{result.steps:,}")
         table.add_row("tokens seen", f"{result.tokens:,}")
         table.add_row("time", format_duration(result.elapsed_s))
+        table.add_row("peak memory", f"{result.peak_rss_mb:,.0f} MiB resident")
         best = natural_text(result.tokenizer, result.best_val_word_ppl, result.best_val_bpc)
         table.add_row("best validation", f"{best} ({result.best_val_loss:.4f} nats/token)")
         table.add_row("model", str(result.directory))

@@ -7,11 +7,9 @@ variational dropout); weight dropout (DropConnect) drops hidden-to-hidden weight
 per batch; activation regularisation (AR) and temporal activation regularisation (TAR)
 penalise large and fast-changing top-layer outputs. All of them act only in training mode.
 
-For large vocabularies the decoder can be a two-level ("clustered") softmax in the manner of
-Grave et al. (2017): the `softmax_head` most frequent tokens and one cluster token share a
-softmax, and the rarer tokens get theirs only when needed. Training computes the rare part
-only for the targets that are rare, which makes the decoder several times cheaper. The
-probabilities are exact and sum to one; with tying, every token keeps its embedding row.
+For large vocabularies the decoder can be a two-level ("clustered") softmax (rnnlm/softmax.py):
+the `softmax_head` most frequent tokens and one cluster token share a softmax, and the rarer
+tokens get theirs only when needed.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from torch import Tensor, nn
 
 from rnnlm.cells import cell_named
 from rnnlm.cells.layer import State
+from rnnlm.softmax import ClusteredSoftmax
 
 
 @dataclass
@@ -98,6 +97,8 @@ class RNNLanguageModel(nn.Module):
             self.decoder.weight = self.embedding.weight
         self.cluster = nn.Linear(decoder_inputs, 1) if config.softmax_head else None  # the rare tokens' logit in the head
         self.tail_projection = nn.Linear(decoder_inputs, decoder_inputs) if config.softmax_head else None
+        self.clustered = (ClusteredSoftmax(config.softmax_head, self.decoder, self.cluster, self.tail_projection)
+                          if self.cluster is not None and self.tail_projection is not None else None)
         self.regularisation_loss: Tensor | None = None
         self._register_load_state_dict_pre_hook(_rename_stacked_rnn_weights)
         self._initialise()
@@ -173,39 +174,14 @@ class RNNLanguageModel(nn.Module):
         state = _stack_states(final_states)
         if targets is not None:
             return self._target_log_probs(features, targets.reshape(-1)).view(targets.shape), state
-        if self.config.softmax_head:
-            return self._clustered_log_probs(features).view(*tokens.shape, -1), state
+        if self.clustered is not None:
+            return self.clustered.log_probs(features).view(*tokens.shape, -1), state
         return self.decoder(features).view(*tokens.shape, -1), state
 
-    def _head_log_probs(self, features: Tensor) -> Tensor:
-        """log P(token) for the head tokens, then log P(rare token) in the last column."""
-        head = self.config.softmax_head
-        assert head is not None and self.cluster is not None
-        logits = torch.cat([F.linear(features, self.decoder.weight[:head], self.decoder.bias[:head]), self.cluster(features)], 1)
-        return torch.log_softmax(logits.float(), -1)
-
-    def _tail_log_probs(self, features: Tensor) -> Tensor:
-        """log P(token | rare) for every rare token."""
-        head = self.config.softmax_head
-        assert self.tail_projection is not None
-        logits = F.linear(self.tail_projection(features), self.decoder.weight[head:], self.decoder.bias[head:])
-        return torch.log_softmax(logits.float(), -1)
-
-    def _clustered_log_probs(self, features: Tensor) -> Tensor:
-        head = self._head_log_probs(features)
-        return torch.cat([head[:, :-1], head[:, -1:] + self._tail_log_probs(features)], 1)
-
     def _target_log_probs(self, features: Tensor, targets: Tensor) -> Tensor:
-        head_size = self.config.softmax_head
-        if not head_size:
-            return -F.cross_entropy(self.decoder(features).float(), targets, reduction="none")
-        head = self._head_log_probs(features)
-        rare = targets >= head_size
-        log_probs = head.gather(1, targets.clamp(max=head_size)[:, None])[:, 0]  # a rare target gets its cluster's here
-        if rare.any():
-            tail = self._tail_log_probs(features[rare]).gather(1, (targets[rare] - head_size)[:, None])[:, 0]
-            log_probs = log_probs.index_add(0, rare.nonzero()[:, 0], tail)
-        return log_probs
+        if self.clustered is not None:
+            return self.clustered.target_log_probs(features, targets)
+        return -F.cross_entropy(self.decoder(features).float(), targets, reduction="none")
 
     def _activation_regularisation(self, raw: Tensor, dropped: Tensor) -> Tensor | None:
         config = self.config

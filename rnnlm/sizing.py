@@ -3,12 +3,16 @@
 A mistyped size (`--hidden-size 1000000`, `--layers 100`) must be refused with an estimate,
 not discovered by the operating system's out-of-memory killer after minutes of swapping.
 The model is built on torch's meta device, which allocates nothing, to count its parameters
-exactly for any cell; the rest of the estimate is a deliberate over-approximation.
+exactly for any cell; the rest of the estimate is a deliberate over-approximation. What a run
+really took is measured afterwards (`peak_rss_mb`), so that a user can plan the next one.
 """
 
 from __future__ import annotations
 
 import os
+import resource
+import sys
+from pathlib import Path
 
 import torch
 
@@ -16,6 +20,7 @@ from rnnlm.errors import UserError
 from rnnlm.model import ModelConfig, RNNLanguageModel, count_parameters
 
 GIB = 1 << 30
+MIB = 1 << 20
 TRAINING_BYTES_PER_PARAMETER = 32  # fp32 weights, gradients, two optimiser moments, the rollback snapshot and its copy
 ACTIVATION_FLOATS_PER_UNIT = 12  # per token, layer and hidden unit: gates, cell and hidden states, their gradients
 
@@ -50,3 +55,19 @@ def check_fits(needed: int, device: torch.device, what: str) -> None:
     if needed > available:
         where = "this GPU" if device.type == "cuda" else "this machine"
         raise UserError(f"{what} needs about {needed / GIB:,.1f} GiB; {where} has {available / GIB:,.0f} GiB")
+
+
+def peak_rss_mb() -> float:
+    """The largest resident set of this process so far, in MiB.
+
+    Linux's VmHWM, the process's own high-water mark; getrusage's ru_maxrss elsewhere (KiB, bytes
+    on macOS). On Linux ru_maxrss also keeps the peak of the process that forked this one (a
+    training started from an 800 MiB notebook would report 800 MiB), so it comes second.
+    """
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / MIB if sys.platform == "darwin" else peak * 1024 / MIB
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(kib) * 1024 / MIB

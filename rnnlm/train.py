@@ -38,7 +38,7 @@ from rnnlm.model import (
     detach_state,
 )
 from rnnlm.scoring import stream_nll
-from rnnlm.sizing import check_fits, training_bytes
+from rnnlm.sizing import check_fits, peak_rss_mb, training_bytes
 
 
 @dataclass
@@ -53,6 +53,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val_word_ppl: float = math.nan
     tokenizer: str = ""  # the kind, which decides the unit the result is read in (rnnlm.units)
+    peak_rss_mb: float = 0.0  # the process's largest resident set, in MiB
 
 
 class Reporter(Protocol):
@@ -440,6 +441,7 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
             "tokens_per_s": window_tokens * dist.world_size / max(1e-9, now - window_start),
             "elapsed_s": now - started,
             "rollbacks": run.rollbacks,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
         }
         improved = val_loss < run.best_val_loss
         if improved:
@@ -573,7 +575,7 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
     result = TrainResult(output, run.step, run.tokens, time.perf_counter() - started, run.best_val_loss,
                          run.best_val_loss * tokens_per_char / math.log(2), stopped_because, history,
                          units.word_perplexity(run.best_val_loss, valid_counts.tokens, valid_counts.words),
-                         corpus.tokenizer.kind)
+                         corpus.tokenizer.kind, round(peak_rss_mb(), 1))
     reporter.finish(result)
     return result
 

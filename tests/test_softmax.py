@@ -3,6 +3,8 @@ other defaults chosen from the corpus and the budget."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +56,85 @@ def test_defaults_scale_with_the_corpus_and_the_budget() -> None:
     assert default_size(1_000_000, 300.0, word_sized=False) == (256, 0.1)  # a short budget: the smaller model
     assert default_size(1_000_000, LONG_BUDGET, word_sized=False)[0] == 512  # time to learn: the larger one
     assert default_size(1_000_000, None, word_sized=True)[1] > default_size(1_000_000, None, word_sized=False)[1]
+
+
+def test_rare_rows_are_padded_to_four_sizes_per_doubling() -> None:
+    from rnnlm.softmax import bucket_rows
+
+    sizes = [bucket_rows(rows) for rows in range(1, 5000)]
+    assert all(size >= rows for rows, size in enumerate(sizes, start=1))
+    assert all(size <= 1.25 * rows for rows, size in enumerate(sizes, start=1) if rows >= 128)  # a quarter more at most
+    for power in range(7, 12):  # rows in (2^k, 2^(k+1)]: four shapes, so the allocator reuses their blocks
+        assert len({bucket_rows(rows) for rows in range(2 ** power + 1, 2 ** (power + 1) + 1)}) == 4
+    assert len(set(sizes[:16])) == 1
+
+
+def reference_target_log_probs(model: RNNLanguageModel, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The two-level softmax written out in float64 over every row, nothing padded or selected."""
+    head = model.config.softmax_head
+    assert head is not None and model.cluster is not None and model.tail_projection is not None
+    weight, bias = model.decoder.weight.double(), model.decoder.bias.double()
+    f = features.double()
+    head_logits = torch.cat([f @ weight[:head].T + bias[:head], f @ model.cluster.weight.double().T + model.cluster.bias.double()], 1)
+    head_lp = torch.log_softmax(head_logits, -1)
+    projected = f @ model.tail_projection.weight.double().T + model.tail_projection.bias.double()
+    tail_lp = torch.log_softmax(projected @ weight[head:].T + bias[head:], -1)
+    full = torch.cat([head_lp[:, :-1], head_lp[:, -1:] + tail_lp], 1)
+    return full.gather(1, targets[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("rare_count", [1, 5, 17, 40])
+def test_padding_the_rare_rows_changes_no_number(rare_count: int) -> None:
+    """Log-probabilities and gradients equal the unpadded float64 computation: the padding rows
+    (copies of row 0) add nothing, to row 0 or to any weight."""
+    torch.manual_seed(1)
+    model = RNNLanguageModel(ModelConfig(300, embedding_size=8, hidden_size=8, tie=True, softmax_head=30, dropout=0.0))
+    features = torch.randn(48, 8)
+    targets = torch.randint(0, 30, (48,))
+    targets[torch.randperm(47)[:rare_count] + 1] = torch.randint(30, 300, (rare_count,))  # row 0 stays frequent
+    assert model.clustered is not None
+    got = model.clustered.target_log_probs(features, targets)
+    got.sum().backward()
+    new_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    expected = reference_target_log_probs(model, features, targets)
+    expected.sum().backward()
+    assert torch.allclose(got.double(), expected, atol=1e-5)
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            assert torch.allclose(new_grads[name].double(), parameter.grad.double(), atol=1e-5), name
+
+
+class Recorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Notes the shape of every dtype conversion and matrix product that torch runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.casts: list[tuple[int, ...]] = []
+        self.products: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        result = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default and result.dtype == torch.bfloat16:
+            self.casts.append(tuple(result.shape))
+        if func in (torch.ops.aten.addmm.default, torch.ops.aten.mm.default):
+            self.products.append(tuple(result.shape))
+        return result
+
+
+def test_bf16_training_casts_the_decoder_once_and_repeats_its_shapes() -> None:
+    from rnnlm.softmax import bucket_rows
+
+    torch.manual_seed(2)
+    vocab, head, size = 600, 100, 16
+    model = RNNLanguageModel(ModelConfig(vocab, embedding_size=size, hidden_size=size, softmax_head=head, dropout=0.0))
+    recorder = Recorder()
+    for rare_count in (3, 9, 21, 33):
+        targets = torch.randint(0, head, (2, 20))
+        targets.view(-1)[:rare_count] = torch.randint(head, vocab, (rare_count,))
+        recorder.casts.clear()
+        with recorder, torch.autocast("cpu", dtype=torch.bfloat16):
+            log_probs, _ = model(torch.randint(0, vocab, (2, 20)), targets=targets)
+        assert [shape for shape in recorder.casts if math.prod(shape) >= head * size] == [(vocab, size)]
+    tail_rows = {shape[0] for shape in recorder.products if shape[-1] == vocab - head}
+    assert tail_rows == {bucket_rows(n) for n in (3, 9, 21, 33)} == {16, 32, 48}
