@@ -37,6 +37,12 @@ app = typer.Typer(
 )
 
 ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (default: the latest trained model).")]
+ModelsOption = Annotated[Optional[list[Path]], typer.Option(
+    "--model", "-m", help="Model directory (default: the latest trained model); repeat to combine several models.")]
+WeightsOption = Annotated[Optional[str], typer.Option(
+    "--weights", show_default=False,
+    help="With several -m: comma-separated weights of the models' line log-probabilities, combined log-linearly "
+    "(default: equal weights that sum to one).")]
 DeviceOption = Annotated[str, typer.Option(help="Device: auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")]
 EncodingErrorsOption = Annotated[Literal["strict", "replace"], typer.Option(
     "--encoding-errors", help="Invalid UTF-8 in the input: 'strict' stops with its byte offset and line; 'replace' substitutes U+FFFD.")]
@@ -425,7 +431,8 @@ def sample(
 @ends_quietly_on_closed_pipe
 def score(
     file: Annotated[str, typer.Argument(help="Text to score, one item per line; - for standard input.")] = "-",
-    model: ModelOption = None,
+    model: ModelsOption = None,
+    weights: WeightsOption = None,
     output_format: Annotated[Literal["tsv", "value", "jsonl", "kenlm"], typer.Option("--format", help="tsv: LOGPROB<TAB>LINE; value: the number alone (for paste); jsonl: one object per line (text, logprob, tokens, words, chars, oov); kenlm: 'Total: LOG10PROB OOV: N' lines and KenLM query's closing perplexity summary.")] = "tsv",
     log_base: Annotated[Literal["e", "2", "10"], typer.Option(help="Base of the logarithms printed (the kenlm format is always base 10).")] = "e",
     per_token: Annotated[bool, typer.Option("--per-token", help="Add each token's log-probability: jsonl keys token_logprobs and pieces; tab-indented PIECE<TAB>LOGPROB rows under each tsv/value line; KenLM's PIECE=ID 0 LOG10PROB fields.")] = False,
@@ -440,20 +447,23 @@ def score(
 
     One output line per input line, in input order, empty lines included; a line of unknown tokens
     gets a score too. Invalid UTF-8 (without --encoding-errors replace) stops with an error after
-    the lines before it are written. An empty input prints nothing.
+    the lines before it are written. An empty input prints nothing. With several -m, a line's
+    score is the weighted sum of the models' scores; tokens and OOV are counted by the first model.
     """
     import time
 
-    from rnnlm.checkpoint import load_model
+    from rnnlm.combination import combined_line_scores, load_combination
     from rnnlm.fileio import iter_line_batches, iter_text_chunks, open_binary_input
     from rnnlm.formats import ScoreWriter, split_utterance_ids, summary_line
-    from rnnlm.scoring import Perplexity, score_lines
+    from rnnlm.scoring import Perplexity
     from rnnlm.train import resolve_device
 
     if utt_id and output_format == "kenlm":
         raise typer.BadParameter("KenLM's format has no place for identifiers", param_hint="'--utt-id'")
-    loaded = load_model(model, str(resolve_device(device)))
-    writer = ScoreWriter(sys.stdout, loaded.tokenizer, output_format, log_base, per_token)
+    if per_token and model and len(model) > 1:
+        raise typer.BadParameter("token log-probabilities belong to one model; give one -m", param_hint="'--per-token'")
+    models = load_combination(model, weights, str(resolve_device(device)))
+    writer = ScoreWriter(sys.stdout, models.first.tokenizer, output_format, log_base, per_token)
     totals = Perplexity("independent-lines")
     started = time.perf_counter()
     name = "<stdin>" if file == "-" else file
@@ -461,7 +471,7 @@ def score(
         chunks = iter_text_chunks(stream, name, encoding_errors, 1 << 20, by_line=unbuffered)
         for lines in iter_line_batches(chunks, 1 if unbuffered else chunk_lines):
             ids, texts = split_utterance_ids(lines) if utt_id else ([None] * len(lines), lines)
-            for text, identifier, result in zip(texts, ids, score_lines(loaded.model, loaded.tokenizer, texts, per_token)):
+            for text, identifier, result in zip(texts, ids, combined_line_scores(models, texts, per_token)):
                 writer.write(text, result, identifier)
                 totals.add_line(result)
             sys.stdout.flush()
@@ -474,7 +484,8 @@ def score(
 @ends_quietly_on_closed_pipe
 def perplexity(
     file: Annotated[str, typer.Argument(help="Text file to measure; - for standard input.", show_default=False)],
-    model: ModelOption = None,
+    model: ModelsOption = None,
+    weights: WeightsOption = None,
     independent_lines: Annotated[bool, typer.Option("--independent-lines", help="Score each line from a fresh state (equals the sum of 'rnnlm score'); default: one running stream.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: mode, tokens, words, chars, lines, oov, nll (total, nats), ppl (per token), word_ppl, bpc, ppl_excluding_oov, tokens_excluding_oov, nats_per_token.")] = False,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic evaluation (Krause et al. 2018): after scoring each segment of the stream, take one SGD step on it, so the model adapts to the text as it reads. Off by default.")] = False,
@@ -488,22 +499,26 @@ def perplexity(
 
     Tokens include one end-of-line token per line; words are whitespace words plus one per line
     end; characters are Unicode code points, newlines included. Out-of-vocabulary tokens count
-    in the main figures; a per-token perplexity without them is shown beside.
+    in the main figures; a per-token perplexity without them is shown beside. With several -m,
+    the total NLL is the weighted sum of the models' NLLs; tokens and OOV are the first model's.
     """
-    from rnnlm.checkpoint import load_model
+    from rnnlm.combination import combined_perplexity, load_combination
     from rnnlm.display import perplexity_table
     from rnnlm.fileio import iter_text_chunks, open_binary_input
-    from rnnlm.scoring import perplexity as measure
+    from rnnlm.scoring import PerplexityMeter
     from rnnlm.train import resolve_device
 
     adaptation = DynamicEvaluation(dynamic_lr, dynamic_decay, dynamic_segment) if dynamic else None
     if adaptation is not None:
         adaptation.validate()
-    loaded = load_model(model, str(resolve_device(device)))
+    models = load_combination(model, weights, str(resolve_device(device)))
+    meters = [PerplexityMeter(m.model, m.tokenizer, independent_lines, adaptation) for m in models.models]
     name = "<stdin>" if file == "-" else file
     with open_binary_input(file) as stream:
-        result = measure(loaded.model, loaded.tokenizer, iter_text_chunks(stream, name, encoding_errors), independent_lines,
-                         adaptation)
+        for text in iter_text_chunks(stream, name, encoding_errors):
+            for meter in meters:
+                meter.add(text)
+    result = combined_perplexity([meter.result for meter in meters], models.weights)
     if result.tokens == 0:
         raise UserError(f"{name}: is empty; nothing to measure")
     report = result.to_dict()
@@ -513,6 +528,44 @@ def perplexity(
         from rich.console import Console
 
         Console().print(perplexity_table(report, name))
+
+
+@app.command()
+@ends_quietly_on_closed_pipe
+def rescore(
+    nbest: Annotated[str, typer.Argument(help="N-best list: utt-id<TAB>first-pass-score<TAB>hypothesis per line, the hypotheses of an utterance on consecutive lines; - for standard input.")] = "-",
+    model: ModelsOption = None,
+    weights: WeightsOption = None,
+    lm_weight: Annotated[float, typer.Option(help="Weight of the LM log-probability (nats) in the new score.")] = 1.0,
+    word_penalty: Annotated[float, typer.Option(help="Added to the new score once per whitespace word of the hypothesis.")] = 0.0,
+    every_hypothesis: Annotated[bool, typer.Option("--all", help="Print every hypothesis in input order: utt-id, first-pass score, LM log-prob, new score, new rank, hypothesis.")] = False,
+    device: DeviceOption = "auto",
+    encoding_errors: EncodingErrorsOption = "strict",
+) -> None:
+    """Rescore n-best lists: new score = first-pass + lm-weight x LM log-prob + word-penalty x words.
+
+    The LM log-prob is the line score of 'rnnlm score' (natural log, end of line included;
+    several -m combine as there). For each utterance, in input order, prints
+    utt-id<TAB>best hypothesis (ties: the earlier line). Input is streamed; utterances are
+    batched for the model, and those before a malformed line are written before the error.
+    """
+    import math
+
+    from rnnlm.combination import line_logprobs, load_combination
+    from rnnlm.fileio import iter_text_chunks, open_binary_input
+    from rnnlm.rescoring import RescoreSettings, group_utterances, read_tsv, rescore as rescore_lists, write_results
+    from rnnlm.train import resolve_device
+
+    for option, value in (("--lm-weight", lm_weight), ("--word-penalty", word_penalty)):
+        if not math.isfinite(value):
+            raise typer.BadParameter("must be a finite number", param_hint=f"'{option}'")
+    models = load_combination(model, weights, str(resolve_device(device)))
+    name = "<stdin>" if nbest == "-" else nbest
+    with open_binary_input(nbest) as stream:
+        utterances = group_utterances(read_tsv(iter_text_chunks(stream, name, encoding_errors), name), name)
+        scorer = functools.partial(line_logprobs, models)
+        for results in rescore_lists(utterances, scorer, RescoreSettings(lm_weight, word_penalty)):
+            write_results(sys.stdout, results, every_hypothesis)
 
 
 def _click_exception(name: str) -> type[Exception]:

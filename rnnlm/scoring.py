@@ -251,25 +251,40 @@ def perplexity(model: RNNLanguageModel, tokenizer: Tokenizer, chunks: Iterable[s
     independent-lines mode scores each line from a fresh state, as `score` does. With
     `dynamic`, the model (a copy is not made: the caller's model adapts) learns as it reads.
     """
-    if dynamic is not None and independent_lines:
-        raise UserError("dynamic evaluation reads the text as one stream; it does not combine with --independent-lines")
-    result = Perplexity("independent-lines" if independent_lines else "dynamic-stream" if dynamic else "stream")
-    scorer = _DynamicScorer(model, dynamic) if dynamic is not None else None
-    state: State | None = None
-    previous = tokenizer.eol_id
+    meter = PerplexityMeter(model, tokenizer, independent_lines, dynamic)
     for text in chunks:
+        meter.add(text)
+    return meter.result
+
+
+class PerplexityMeter:
+    """Totals of a text fed chunk by chunk, so several models can read one stream side by side."""
+
+    def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, independent_lines: bool = False,
+                 dynamic: DynamicEvaluation | None = None) -> None:
+        if dynamic is not None and independent_lines:
+            raise UserError("dynamic evaluation reads the text as one stream; it does not combine with --independent-lines")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.independent_lines = independent_lines
+        self.result = Perplexity("independent-lines" if independent_lines else "dynamic-stream" if dynamic else "stream")
+        self.scorer = _DynamicScorer(model, dynamic) if dynamic is not None else None
+        self.state: State | None = None
+        self.previous = tokenizer.eol_id
+
+    def add(self, text: str) -> None:
+        """Score a chunk that ends on a line boundary (or ends the text)."""
         lines = split_lines(text)
         if not lines:
-            continue
-        if independent_lines:
-            for score in score_lines(model, tokenizer, lines):
-                result.add_line(score)
-            continue
-        ids = np.concatenate([encode_line(tokenizer, line) for line in lines])
-        if scorer is not None:
-            totals, state = scorer.score(ids, previous, state, tokenizer.unk_id)
+            return
+        if self.independent_lines:
+            for score in score_lines(self.model, self.tokenizer, lines):
+                self.result.add_line(score)
+            return
+        ids = np.concatenate([encode_line(self.tokenizer, line) for line in lines])
+        if self.scorer is not None:
+            totals, self.state = self.scorer.score(ids, self.previous, self.state, self.tokenizer.unk_id)
         else:
-            totals, state = stream_totals(model, ids, 1, 512, previous, state, tokenizer.unk_id)
-        result.add_text(lines, totals)
-        previous = int(ids[-1])
-    return result
+            totals, self.state = stream_totals(self.model, ids, 1, 512, self.previous, self.state, self.tokenizer.unk_id)
+        self.result.add_text(lines, totals)
+        self.previous = int(ids[-1])
