@@ -210,6 +210,7 @@ def train(
     precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = TrainConfig.precision,
     device: DeviceOption = "auto",
     random_seed: Annotated[int, typer.Option(min=0, max=MAX_RANDOM_SEED, help="Seed for weights, dropout and batching.")] = TrainConfig.random_seed,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Train a backward model: every line's tokens in reverse order, its end of line still last; score, perplexity and rescore reverse their input for it, sample writes the text before --seed.")] = False,
     tokenizer: TokenizerOption = None,
     vocab_size: VocabSizeOption = None,
     min_count: MinCountOption = 1,
@@ -291,7 +292,8 @@ def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_
     model_config = default_model_config(corpus_data, timing["max_time"], **{
         MODEL_SETTINGS.get(name, name): settings[name] for name in (
             "cell", "layers", "embedding_size", "hidden_size", "dropout", "input_dropout", "layer_dropout",
-            "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie")})
+            "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie",
+            "reverse")})
     train_model(corpus_data, output, model_config, training_config(settings, timing), TrainingDisplay())
 
 
@@ -382,7 +384,8 @@ def sample(
     appears as it is generated, several are separated by an empty line, and a stop string that
     ends a sample is part of it. The logprob of --format jsonl is log P(generated tokens |
     end-of-line, seed) under the model: natural log (nats), summed over the generated tokens,
-    whatever the temperature or cut-offs.
+    whatever the temperature or cut-offs. A backward model (train --reverse) writes the text
+    before --seed instead, back to the start of its line at most, then the seed; --stop is refused.
     """
     from dataclasses import asdict
 
@@ -417,12 +420,13 @@ def sample(
         out.write(text)
         out.flush()
 
-    streams = num_samples == 1 and strategy != "beam"
+    backward = loaded.model.config.reverse  # writes the text before the seed
+    streams = num_samples == 1 and strategy != "beam" and not backward
     if streams:
         write_now(seed)
     for index, result in enumerate(generate(loaded.model, loaded.tokenizer, seed, config,
                                             on_text=write_now if streams else None)):
-        text = seed + result.text
+        text = result.text + seed if backward else seed + result.text
         separator = "\n" if index else ""  # an empty line between samples
         out.write(separator + ("" if streams else text) + ("" if text.endswith("\n") else "\n"))
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from rnnlm.config import SamplingConfig
+from rnnlm.errors import InvalidOption
 from rnnlm.model import RNNLanguageModel, State, select_state
 from rnnlm.tokenizers import Tokenizer
 
@@ -126,8 +127,10 @@ def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_
 
 
 def prime(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str) -> tuple[torch.Tensor, State, int]:
-    """Run the end-of-line context and the seed through the model: last logits, state and token."""
-    ids = np.concatenate([[tokenizer.eol_id], tokenizer.encode(seed_text)]).astype(np.int64)
+    """Run the end-of-line context and the seed (last token first, for a backward model) through
+    the model: last logits, state and token."""
+    seed_ids = tokenizer.encode(seed_text)
+    ids = np.concatenate([[tokenizer.eol_id], seed_ids[::-1] if model.config.reverse else seed_ids]).astype(np.int64)
     device = model.embedding.weight.device
     logits, state = model(torch.from_numpy(ids)[None].to(device))
     return logits[:, -1], state, int(ids[-1])
@@ -148,18 +151,53 @@ def generate(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str, conf
     """Continuations of `seed_text`: greedy or sampled ones in order, or a beam search's best first.
 
     With greedy decoding or sampling, `on_text` receives the first sample's text as it is generated,
-    each part once it is final (a partial UTF-8 character waits for its last byte).
+    each part once it is final (a partial UTF-8 character waits for its last byte). A backward
+    model writes the text before the seed instead (see _generate_backward).
     """
     config.validate()
     model.eval()
+    if model.config.reverse:
+        return _generate_backward(model, tokenizer, seed_text, config)
     logits, state, last_token = prime(model, tokenizer, seed_text)
     continuations = Continuations(tokenizer, config.stop_strings, stream=on_text is not None, context_token=last_token)
+    hypotheses = _search(model, logits, state, config, continuations, on_text)
+    return [continuations.sample(h, config.length_penalty) for h in hypotheses]
+
+
+def _generate_backward(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str,
+                       config: SamplingConfig) -> list[Sample]:
+    """The text before the seed, in reading order, back to the start of its line at most.
+
+    A backward model reads a line last token first, and after the line's start (its end-of-line
+    token) comes the next line of the corpus, not the one before: so every sample ends at its
+    first end of line, which is not part of its text. Stop strings, matched on text as it is
+    written forward, have no meaning here; nothing can be shown before the sample is complete.
+    """
+    if config.stop:
+        raise InvalidOption("--stop: a backward model writes right to left, back to the start of the line; "
+                            "stop strings are not matched for it")
+    config = replace(config, until_eol=True)
+    logits, state, last_token = prime(model, tokenizer, seed_text)
+    continuations = Continuations(tokenizer, config.stop_strings, stream=False, context_token=last_token)
+    hypotheses = _search(model, logits, state, config, continuations, None)
+    seed_ids = list(tokenizer.encode(seed_text))
+    seed_length = len(tokenizer.decode(seed_ids))
+    samples = []
+    for hypothesis in hypotheses:
+        before = [t for t in reversed(hypothesis.tokens) if t != tokenizer.eol_id]  # at most the one, generated last
+        text = tokenizer.decode(before + seed_ids)
+        score = length_normalised(hypothesis.logprob, len(hypothesis.tokens), config.length_penalty)
+        samples.append(Sample(text[:len(text) - seed_length], list(hypothesis.tokens), hypothesis.logprob, score,
+                              hypothesis.stopped))
+    return samples
+
+
+def _search(model: RNNLanguageModel, logits: torch.Tensor, state: State, config: SamplingConfig,
+            continuations: Continuations, on_text: Callable[[str], None] | None) -> list[Hypothesis]:
     with _onednn_off():
         if config.strategy == "beam":
-            hypotheses = _beam_search(model, logits, state, config, continuations)
-        else:
-            hypotheses = _sample(model, logits, state, config, continuations, on_text)
-    return [continuations.sample(h, config.length_penalty) for h in hypotheses]
+            return _beam_search(model, logits, state, config, continuations)
+        return _sample(model, logits, state, config, continuations, on_text)
 
 
 @contextmanager

@@ -91,16 +91,17 @@ def stream_totals(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window
     return totals, state
 
 
-def encode_line(tokenizer: Tokenizer, line: str) -> np.ndarray:
-    """A line's tokens followed by its end-of-line token."""
-    return np.append(tokenizer.encode(line), tokenizer.eol_id)
+def encode_line(tokenizer: Tokenizer, line: str, reverse: bool = False) -> np.ndarray:
+    """A line's tokens (last to first for a backward model) followed by its end-of-line token."""
+    ids = tokenizer.encode(line)
+    return np.append(ids[::-1] if reverse else ids, tokenizer.eol_id)
 
 
 @torch.inference_mode()
 def score_lines(model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[str],
                 detail: bool = False) -> list[LineScore]:
     """Score each line on its own, from a fresh state, in length-sorted padded batches."""
-    encoded = [encode_line(tokenizer, line) for line in lines]
+    encoded = [encode_line(tokenizer, line, model.config.reverse) for line in lines]
     order = sorted(range(len(lines)), key=lambda i: len(encoded[i]))
     scores: list[LineScore | None] = [None] * len(lines)
     for batch in _length_batches(order, encoded):
@@ -281,7 +282,7 @@ class PerplexityMeter:
             for score in score_lines(self.model, self.tokenizer, lines):
                 self.result.add_line(score)
             return
-        ids = np.concatenate([encode_line(self.tokenizer, line) for line in lines])
+        ids = np.concatenate([encode_line(self.tokenizer, line, self.model.config.reverse) for line in lines])
         if self.scorer is not None:
             totals, self.state = self.scorer.score(ids, self.previous, self.state, self.tokenizer.unk_id)
         else:

@@ -192,3 +192,63 @@ def test_bad_weights_are_bad_usage(trained: TrainedModel, second: TrainedModel, 
 def test_per_token_detail_needs_one_model(trained: TrainedModel, second: TrainedModel) -> None:
     result = run_cli("score", "-", "-m", trained.directory, "-m", second.directory, "--per-token", input=b"x\n")
     assert result.returncode == 2 and len(result.stderr_lines) == 1
+
+
+@pytest.fixture(scope="module")
+def directions(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A model trained with --reverse, and a forward one trained alike on the same lines reversed."""
+    base = tmp_path_factory.mktemp("directions")
+    text = make_corpus(120, seed=11)
+    (base / "forward.txt").write_text(text, encoding="utf-8")
+    (base / "reversed.txt").write_text("".join(line[::-1] + "\n" for line in text.splitlines()), encoding="utf-8")
+    common = ("--epochs", "1", "--layers", "1", "--hidden-size", "16", "--batch-size", "4", "--bptt", "16",
+              "--eval-every", "20", "--precision", "fp32", "--device", "cpu", "--random-seed", "5")
+    backward = run_cli("train", base / "forward.txt", "-o", base / "bwd", "--reverse", *common)
+    forward = run_cli("train", base / "reversed.txt", "-o", base / "fwd", *common)
+    assert backward.returncode == 0 and forward.returncode == 0, (backward, forward)
+    return base / "bwd", base / "fwd"
+
+
+def test_a_reverse_model_is_a_forward_model_of_the_reversed_lines(directions, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.numpy import load_file
+
+    from rnnlm.checkpoint import load_model
+
+    bwd_dir, fwd_dir = directions
+    assert json.loads((bwd_dir / "config.json").read_text())["model"]["reverse"] is True
+    a, b = load_file(bwd_dir / "model.safetensors"), load_file(fwd_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert abs(a[name] - b[name]).max() <= 1e-6, name
+    lines = ["the cat sat on a mat.", "", "日本 語 🙂", "x y"]
+    bwd, fwd = load_model(bwd_dir), load_model(fwd_dir)
+    scored = score_lines(bwd.model, bwd.tokenizer, lines)
+    expected = score_lines(fwd.model, fwd.tokenizer, [line[::-1] for line in lines])
+    assert [s.logprob for s in scored] == pytest.approx([s.logprob for s in expected], abs=1e-5)
+    write_nbest(tmp_path / "lines.txt", lines)
+    write_nbest(tmp_path / "reversed-lines.txt", [line[::-1] for line in lines])
+    for independent in ((), ("--independent-lines",)):
+        reports = [json.loads(run_cli("perplexity", tmp_path / name, "-m", model, "--json", *independent).stdout)
+                   for name, model in (("lines.txt", bwd_dir), ("reversed-lines.txt", fwd_dir))]
+        assert reports[0]["nll"] == pytest.approx(reports[1]["nll"], abs=1e-4)
+
+
+def test_a_backward_model_samples_the_text_before_the_seed(directions) -> None:  # type: ignore[no-untyped-def]
+    from rnnlm.checkpoint import load_model
+
+    bwd_dir, _ = directions
+    seed = "sat on"
+    result = run_cli("sample", "-m", bwd_dir, "--seed", seed, "--strategy", "greedy", "--length", "300",
+                     "--format", "jsonl")
+    assert result.returncode == 0, result
+    record = json.loads(result.stdout)
+    text = run_cli("sample", "-m", bwd_dir, "--seed", seed, "--strategy", "greedy", "--length", "300").stdout
+    assert text == record["text"] + seed + "\n" and "\n" not in record["text"]
+    bwd = load_model(bwd_dir)
+    detail = score_lines(bwd.model, bwd.tokenizer, [record["text"] + seed], detail=True)[0]
+    # the model read the seed (last character first), then generated the text before it, right to left
+    generated = detail.token_logprobs[len(seed):] if record["stopped"] else detail.token_logprobs[len(seed):-1]
+    assert len(generated) == record["tokens"]
+    assert sum(generated) == pytest.approx(record["logprob"], abs=1e-4)
+    refused = run_cli("sample", "-m", bwd_dir, "--seed", seed, "--stop", ".")
+    assert refused.returncode == 2 and len(refused.stderr_lines) == 1, refused
