@@ -543,6 +543,8 @@ def rescore(
     lm_weight: Annotated[float, typer.Option(help="Weight of the LM log-probability (nats) in the new score.")] = 1.0,
     word_penalty: Annotated[float, typer.Option(help="Added to the new score once per whitespace word of the hypothesis.")] = 0.0,
     every_hypothesis: Annotated[bool, typer.Option("--all", help="Print every hypothesis in input order: utt-id, first-pass score, LM log-prob, new score, new rank, hypothesis.")] = False,
+    input_format: Annotated[Literal["tsv", "kaldi"], typer.Option("--format", help="tsv: utt-id<TAB>first-pass-score<TAB>hypothesis; kaldi: Kaldi's n-best text, utt-id-N then the words, with --costs.")] = "tsv",
+    costs: Annotated[Optional[str], typer.Option(help="With --format kaldi: the costs file, 'utt-id-N COST' on the line of each hypothesis (lower is better; first-pass score = -COST).", show_default=False)] = None,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
 ) -> None:
@@ -553,22 +555,29 @@ def rescore(
     utt-id<TAB>best hypothesis (ties: the earlier line). Input is streamed; utterances are
     batched for the model, and those before a malformed line are written before the error.
     """
-    import math
-
     from rnnlm.combination import line_logprobs, load_combination
     from rnnlm.fileio import iter_text_chunks, open_binary_input
-    from rnnlm.rescoring import RescoreSettings, group_utterances, read_tsv, rescore as rescore_lists, write_results
+    from rnnlm.rescoring import RescoreSettings, group_utterances, read_kaldi, read_tsv, rescore as rescore_lists, write_results
     from rnnlm.train import resolve_device
 
-    for option, value in (("--lm-weight", lm_weight), ("--word-penalty", word_penalty)):
-        if not math.isfinite(value):
-            raise typer.BadParameter("must be a finite number", param_hint=f"'{option}'")
+    settings = RescoreSettings(lm_weight, word_penalty)
+    settings.validate()
+    if (input_format == "kaldi") != (costs is not None):
+        raise typer.BadParameter("--format kaldi and --costs go together", param_hint="'--costs'")
+    if costs == "-" and nbest == "-":
+        raise typer.BadParameter("the n-best list and the costs cannot both be standard input", param_hint="'--costs'")
     models = load_combination(model, weights, str(resolve_device(device)))
     name = "<stdin>" if nbest == "-" else nbest
-    with open_binary_input(nbest) as stream:
-        utterances = group_utterances(read_tsv(iter_text_chunks(stream, name, encoding_errors), name), name)
+    with open_binary_input(nbest) as stream, open_binary_input(costs or os.devnull) as cost_stream:
+        chunks = iter_text_chunks(stream, name, encoding_errors)
+        if costs is None:
+            hypotheses = read_tsv(chunks, name)
+        else:
+            costs_name = "<stdin>" if costs == "-" else costs
+            hypotheses = read_kaldi(chunks, iter_text_chunks(cost_stream, costs_name, encoding_errors), name, costs_name)
+        utterances = group_utterances(hypotheses, name)
         scorer = functools.partial(line_logprobs, models)
-        for results in rescore_lists(utterances, scorer, RescoreSettings(lm_weight, word_penalty)):
+        for results in rescore_lists(utterances, scorer, settings):
             write_results(sys.stdout, results, every_hypothesis)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from rnnlm.errors import UserError
+from rnnlm.errors import InvalidOption, UserError
 from rnnlm.fileio import split_lines
 from rnnlm.tokenizers import count_words
 
@@ -41,6 +41,11 @@ class RescoreSettings:
     lm_weight: float = 1.0
     word_penalty: float = 0.0
 
+    def validate(self) -> None:
+        for option, value in (("--lm-weight", self.lm_weight), ("--word-penalty", self.word_penalty)):
+            if not math.isfinite(value):
+                raise InvalidOption(f"{option} must be a finite number, got {value}")
+
     def score(self, hypothesis: Hypothesis, lm_logprob: float) -> float:
         return hypothesis.first_pass + self.lm_weight * lm_logprob + self.word_penalty * count_words(hypothesis.text)
 
@@ -50,13 +55,7 @@ def parse_tsv_line(line: str, number: int, name: str) -> Hypothesis:
     fields = line.split("\t", 2)
     if len(fields) < 3 or not fields[0]:
         raise UserError(f"{name}: line {number}: expected utt-id<TAB>first-pass-score<TAB>hypothesis")
-    try:
-        first_pass = float(fields[1])
-    except ValueError:
-        first_pass = math.nan
-    if not math.isfinite(first_pass):
-        raise UserError(f"{name}: line {number}: the first-pass score {fields[1]!r} is not a finite number")
-    return Hypothesis(fields[0], first_pass, fields[2])
+    return Hypothesis(fields[0], _finite(fields[1], f"{name}: line {number}: the first-pass score"), fields[2])
 
 
 def group_utterances(hypotheses: Iterable[tuple[int, Hypothesis]], name: str) -> Iterator[list[Hypothesis]]:
@@ -132,10 +131,50 @@ def write_results(out: TextIO, results: Sequence[Rescored], every_hypothesis: bo
         out.write(f"{h.utt_id}\t{h.first_pass:.6f}\t{r.lm_logprob:.6f}\t{r.score:.6f}\t{r.rank}\t{h.text}\n")
 
 
-def read_tsv(chunks: Iterable[str], name: str) -> Iterator[tuple[int, Hypothesis]]:
-    """(line number, hypothesis) for each line of text chunks that end on line boundaries."""
+def numbered_lines(chunks: Iterable[str]) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line) for text chunks that end on line boundaries."""
     number = 0
     for text in chunks:
         for line in split_lines(text):
             number += 1
-            yield number, parse_tsv_line(line, number, name)
+            yield number, line
+
+
+def read_tsv(chunks: Iterable[str], name: str) -> Iterator[tuple[int, Hypothesis]]:
+    """(line number, hypothesis) for each `utt-id<TAB>first-pass-score<TAB>hypothesis` line."""
+    for number, line in numbered_lines(chunks):
+        yield number, parse_tsv_line(line, number, name)
+
+
+def read_kaldi(chunks: Iterable[str], cost_chunks: Iterable[str], name: str,
+               costs_name: str) -> Iterator[tuple[int, Hypothesis]]:
+    """(line number, hypothesis) from Kaldi's n-best text (`utt-id-N words...`) and its costs file
+    (`utt-id-N cost` on the same line number; lower is better, so the first-pass score is -cost)."""
+    costs = numbered_lines(cost_chunks)
+    for number, line in numbered_lines(chunks):
+        fields = line.split(maxsplit=1)
+        key = fields[0] if fields else ""
+        utt_id, dash, index = key.rpartition("-")
+        if not (utt_id and dash and index.isdigit()):
+            raise UserError(f"{name}: line {number}: expected utt-id-N followed by the hypothesis's words")
+        cost_line = next(costs, None)
+        if cost_line is None:
+            raise UserError(f"{costs_name}: has no line {number}: fewer costs than hypotheses in {name}")
+        cost_fields = cost_line[1].split()
+        if len(cost_fields) != 2 or cost_fields[0] != key:
+            raise UserError(f"{costs_name}: line {number}: expected {key!r} and its cost, as in {name}")
+        yield number, Hypothesis(utt_id, -_finite(cost_fields[1], f"{costs_name}: line {number}: the cost"),
+                                 fields[1] if len(fields) > 1 else "")
+    extra = next(costs, None)
+    if extra is not None:
+        raise UserError(f"{costs_name}: line {extra[0]}: more costs than hypotheses in {name}")
+
+
+def _finite(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UserError(f"{where} {text!r} is not a finite number")
+    return value

@@ -252,3 +252,27 @@ def test_a_backward_model_samples_the_text_before_the_seed(directions) -> None: 
     assert sum(generated) == pytest.approx(record["logprob"], abs=1e-4)
     refused = run_cli("sample", "-m", bwd_dir, "--seed", seed, "--stop", ".")
     assert refused.returncode == 2 and len(refused.stderr_lines) == 1, refused
+
+
+def test_kaldi_nbest_with_costs_rescores_as_the_tsv_form(trained: TrainedModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lines = nbest_lines(4, 3, seed=5)
+    write_nbest(tmp_path / "nbest.tsv", lines)
+    keys = [f"{line.split(chr(9))[0]}-{i % 3 + 1}" for i, line in enumerate(lines)]
+    write_nbest(tmp_path / "text", [f"{key} {line.split(chr(9), 2)[2]}".rstrip() for key, line in zip(keys, lines)])
+    write_nbest(tmp_path / "costs", [f"{key} {-float(line.split(chr(9))[1])}" for key, line in zip(keys, lines)])
+    tsv = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--all")
+    kaldi = run_cli("rescore", tmp_path / "text", "--format", "kaldi", "--costs", tmp_path / "costs", "-m",
+                    trained.directory, "--all")
+    assert kaldi.returncode == 0, kaldi
+    assert kaldi.stdout == tsv.stdout
+    write_nbest(tmp_path / "bad-costs", [f"{keys[0]} 1.0", f"{keys[2]} 2.0"])
+    wrong = run_cli("rescore", tmp_path / "text", "--format", "kaldi", "--costs", tmp_path / "bad-costs", "-m",
+                    trained.directory)
+    assert wrong.returncode == 1 and "line 2" in wrong.stderr and len(wrong.stderr_lines) == 1, wrong
+    write_nbest(tmp_path / "short-costs", [f"{keys[0]} 1.0"])
+    short = run_cli("rescore", tmp_path / "text", "--format", "kaldi", "--costs", tmp_path / "short-costs", "-m",
+                    trained.directory)
+    assert short.returncode == 1 and "fewer costs" in short.stderr, short
+    for args in (("--format", "kaldi"), ("--costs", tmp_path / "costs")):
+        alone = run_cli("rescore", tmp_path / "text", *args, "-m", trained.directory)
+        assert alone.returncode == 2 and len(alone.stderr_lines) == 1, alone
