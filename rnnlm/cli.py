@@ -545,6 +545,7 @@ def rescore(
     every_hypothesis: Annotated[bool, typer.Option("--all", help="Print every hypothesis in input order: utt-id, first-pass score, LM log-prob, new score, new rank, hypothesis.")] = False,
     input_format: Annotated[Literal["tsv", "kaldi"], typer.Option("--format", help="tsv: utt-id<TAB>first-pass-score<TAB>hypothesis; kaldi: Kaldi's n-best text, utt-id-N then the words, with --costs.")] = "tsv",
     costs: Annotated[Optional[str], typer.Option(help="With --format kaldi: the costs file, 'utt-id-N COST' on the line of each hypothesis (lower is better; first-pass score = -COST).", show_default=False)] = None,
+    tune: Annotated[Optional[Path], typer.Option(help="References, utt-id<TAB>reference text: choose --lm-weight and --word-penalty on a grid to minimise the word error rate, print a table of WER and sentence error rate on stderr, then rescore with the chosen values (holds every n-best list in memory).", show_default=False)] = None,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
 ) -> None:
@@ -562,6 +563,8 @@ def rescore(
 
     settings = RescoreSettings(lm_weight, word_penalty)
     settings.validate()
+    if tune is not None and (lm_weight, word_penalty) != (1.0, 0.0):
+        raise typer.BadParameter("--tune chooses --lm-weight and --word-penalty itself", param_hint="'--tune'")
     if (input_format == "kaldi") != (costs is not None):
         raise typer.BadParameter("--format kaldi and --costs go together", param_hint="'--costs'")
     if costs == "-" and nbest == "-":
@@ -576,9 +579,25 @@ def rescore(
             costs_name = "<stdin>" if costs == "-" else costs
             hypotheses = read_kaldi(chunks, iter_text_chunks(cost_stream, costs_name, encoding_errors), name, costs_name)
         utterances = group_utterances(hypotheses, name)
-        scorer = functools.partial(line_logprobs, models)
-        for results in rescore_lists(utterances, scorer, settings):
+        rescored = rescore_lists(utterances, functools.partial(line_logprobs, models), settings)
+        if tune is not None:
+            rescored = _tuned(rescored, tune, encoding_errors)
+        for results in rescored:
             write_results(sys.stdout, results, every_hypothesis)
+
+
+def _tuned(rescored: Any, references: Path, encoding_errors: str) -> Any:
+    """Rescored utterances re-ranked with the settings tuned on `references`; the table on stderr."""
+    from rnnlm.fileio import iter_text_chunks, open_binary_input
+    from rnnlm.tuning import read_references, tune
+
+    with open_binary_input(str(references)) as stream:
+        texts = read_references(iter_text_chunks(stream, str(references), encoding_errors), str(references))
+    chosen, table, ranked = tune(rescored, texts, str(references))
+    for row in table:
+        typer.echo(row, err=True)
+    typer.echo(f"chosen: --lm-weight {chosen.lm_weight:g} --word-penalty {chosen.word_penalty:g}", err=True)
+    return ranked
 
 
 def _click_exception(name: str) -> type[Exception]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 from conftest import WORDS, TrainedModel, make_corpus, run_cli
@@ -276,3 +277,48 @@ def test_kaldi_nbest_with_costs_rescores_as_the_tsv_form(trained: TrainedModel, 
     for args in (("--format", "kaldi"), ("--costs", tmp_path / "costs")):
         alone = run_cli("rescore", tmp_path / "text", *args, "-m", trained.directory)
         assert alone.returncode == 2 and len(alone.stderr_lines) == 1, alone
+
+
+@pytest.mark.parametrize("hypothesis, reference, errors", [
+    ("", "", 0), ("a b c", "a b c", 0), ("a x c", "a b c", 1), ("a c", "a b c", 1), ("a b b c", "a b c", 1),
+    ("", "a b", 2), ("c b a", "a b c", 2), ("x y", "", 2),
+])
+def test_word_errors_count_the_fewest_edits(hypothesis: str, reference: str, errors: int) -> None:
+    from rnnlm.tuning import word_errors
+
+    assert word_errors(hypothesis.split(), reference.split()) == errors
+    assert word_errors(reference.split(), hypothesis.split()) == errors
+
+
+def test_tune_chooses_settings_no_worse_than_first_pass_or_defaults(trained: TrainedModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lines = nbest_lines(10, 6, seed=6)
+    write_nbest(tmp_path / "nbest.tsv", lines)
+    rng = random.Random(9)
+    references = {}
+    for line in lines:  # a reference close to one of the hypotheses, not always the first-pass best
+        utt, _, text = line.split("\t", 2)
+        if utt not in references or rng.random() < 0.3:
+            references[utt] = text
+    write_nbest(tmp_path / "refs.tsv", [f"{utt}\t{text}" for utt, text in references.items()])
+    result = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--tune", tmp_path / "refs.tsv")
+    assert result.returncode == 0, result
+    table = {row.split(" WER")[0].strip(): float(row.split("WER")[1].split("%")[0]) for row in result.stderr_lines
+             if " WER " in row}
+    chosen = next(value for label, value in table.items() if label.endswith("(chosen)"))
+    oracle = table["oracle (fewest errors in each n-best list)"]
+    assert oracle == 0.0
+    assert chosen <= table["first pass"] and chosen <= table["lm-weight 1, word-penalty 0"]
+    weight, penalty = re.search(r"chosen: --lm-weight (\S+) --word-penalty (\S+)", result.stderr).groups()
+    again = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--lm-weight", weight,
+                    "--word-penalty", penalty)
+    assert again.stdout == result.stdout
+
+
+def test_tune_names_an_utterance_without_reference(trained: TrainedModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    write_nbest(tmp_path / "nbest.tsv", ["a\t-1\tthe cat", "b\t-1\ta dog"])
+    write_nbest(tmp_path / "refs.tsv", ["a\tthe cat"])
+    result = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--tune", tmp_path / "refs.tsv")
+    assert result.returncode == 1 and "'b'" in result.stderr and len(result.stderr_lines) == 1, result
+    both = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--tune", tmp_path / "refs.tsv",
+                   "--lm-weight", "0.5")
+    assert both.returncode == 2, both
