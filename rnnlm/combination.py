@@ -33,6 +33,8 @@ def parse_weights(text: str | None, count: int) -> list[float]:
     """The --weights list (comma-separated, one per model, each at least 0, not all 0); equal by default."""
     if text is None:
         return [1.0 / count] * count
+    if count == 1:
+        raise InvalidOption("--weights: combines several models; give -m two or more times")
     try:
         weights = [float(field) for field in text.split(",")]
     except ValueError:
@@ -52,7 +54,11 @@ def load_combination(directories: Sequence[Path] | None, weights: str | None, de
 
 
 def combined_line_scores(combination: Combination, lines: Sequence[str], detail: bool = False) -> list[LineScore]:
-    """Each line's weighted sum of the models' log-probabilities; one model's scores pass through unchanged."""
+    """Each line's weighted sum of the models' log-probabilities; one model's scores pass through unchanged.
+
+    Token detail (`detail`) belongs to one model: with several, the combined scores carry none
+    (the command line refuses --per-token with several -m).
+    """
     per_model = [score_lines(loaded.model, loaded.tokenizer, lines, detail) for loaded in combination.models]
     if len(per_model) == 1:
         return per_model[0]

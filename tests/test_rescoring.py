@@ -190,9 +190,11 @@ def test_bad_weights_are_bad_usage(trained: TrainedModel, second: TrainedModel, 
     assert result.returncode == 2 and len(result.stderr_lines) == 1, result
 
 
-def test_per_token_detail_needs_one_model(trained: TrainedModel, second: TrainedModel) -> None:
+def test_per_token_detail_and_weights_need_one_and_several_models(trained: TrainedModel, second: TrainedModel) -> None:
     result = run_cli("score", "-", "-m", trained.directory, "-m", second.directory, "--per-token", input=b"x\n")
     assert result.returncode == 2 and len(result.stderr_lines) == 1
+    alone = run_cli("score", "-", "-m", trained.directory, "--weights", "0.5", input=b"x\n")
+    assert alone.returncode == 2 and "--weights" in alone.stderr and len(alone.stderr_lines) == 1
 
 
 @pytest.fixture(scope="module")
