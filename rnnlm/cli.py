@@ -557,6 +557,7 @@ def rescore(
     batched for the model, and those before a malformed line are written before the error.
     """
     from rnnlm.combination import line_logprobs, load_combination
+    from rnnlm.display import rescoring_progress
     from rnnlm.fileio import iter_text_chunks, open_binary_input
     from rnnlm.rescoring import RescoreSettings, group_utterances, read_kaldi, read_tsv, rescore as rescore_lists, write_results
     from rnnlm.train import resolve_device
@@ -579,7 +580,7 @@ def rescore(
             costs_name = "<stdin>" if costs == "-" else costs
             hypotheses = read_kaldi(chunks, iter_text_chunks(cost_stream, costs_name, encoding_errors), name, costs_name)
         utterances = group_utterances(hypotheses, name)
-        rescored = rescore_lists(utterances, functools.partial(line_logprobs, models), settings)
+        rescored = rescoring_progress(rescore_lists(utterances, functools.partial(line_logprobs, models), settings))
         if tune is not None:
             rescored = _tuned(rescored, tune, encoding_errors)
         for results in rescored:

@@ -324,3 +324,25 @@ def test_tune_names_an_utterance_without_reference(trained: TrainedModel, tmp_pa
     both = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--tune", tmp_path / "refs.tsv",
                    "--lm-weight", "0.5")
     assert both.returncode == 2, both
+
+
+def test_progress_goes_to_a_terminal_only(trained: TrainedModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    write_nbest(tmp_path / "nbest.tsv", nbest_lines(3, 2, seed=8))
+    plain = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory)
+    assert plain.returncode == 0 and plain.stderr == ""
+    controller, terminal = pty.openpty()
+    completed = subprocess.run([sys.executable, "-m", "rnnlm", "rescore", str(tmp_path / "nbest.tsv"), "-m",
+                                str(trained.directory)], stdout=subprocess.PIPE, stderr=terminal, env=cli_env(),
+                               timeout=180)
+    os.close(terminal)
+    shown = os.read(controller, 4096).decode()
+    os.close(controller)
+    assert completed.returncode == 0 and completed.stdout.decode() == plain.stdout
+    assert "3 utterances, 6 hypotheses rescored" in shown
