@@ -1,12 +1,14 @@
-"""Training throughput: this project's training step against a plain PyTorch reference loop.
+"""Training throughput: this project's training step, for each cell, against a plain PyTorch reference loop.
 
 The reference is the pytorch/examples word_language_model style: fp32 nn.LSTM, an embedding,
-a linear decoder, AdamW and gradient clipping. Both train the same architecture on the same
-data, in one process, for the same wall time; the table gives tokens per second, the ratio to
-the reference, the validation loss reached in that time, and the model's FLOP/s as a fraction
-of this machine's measured bf16 matrix-product peak.
+a linear decoder, AdamW and gradient clipping. Every loop trains at the same shape on the same
+data, in one process, for the same wall time: the reference, rnnlm's LSTM in fp32 and with
+--precision auto, and the other cells of the registry (sru, mogrifier) with --precision auto.
+The table gives tokens per second, the ratio to the reference, the validation loss reached in
+that time, and the model's FLOP/s as a fraction of this machine's measured bf16 matrix-product
+peak; a note gives the share of an SRU training step spent in its recurrence kernel.
 
-    python benchmarks/train_throughput.py [--seconds 60] [--corpora ../shared/corpora]
+    python benchmarks/train_throughput.py [--seconds 60] [--corpora ../shared/corpora] [--name train_throughput]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import DEFAULT_CORPORA, write_markdown  # noqa: E402
+from rnnlm.cells import CELLS  # noqa: E402
 from rnnlm.config import TrainConfig  # noqa: E402
 from rnnlm.data import stream_batches  # noqa: E402
 from rnnlm.model import ModelConfig, RNNLanguageModel, State  # noqa: E402
@@ -39,6 +42,7 @@ CLIP = 1.0
 DROPOUT = 0.1
 VALID_TOKENS = 20_000  # validation is measured on this many tokens of the held-out text
 ROUNDS = 6  # turns each loop takes
+TORCH_CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # torch's own layers, which the LSTM rows stand for
 
 
 @dataclass
@@ -115,9 +119,10 @@ def reference_trainer(data: Data, shape: Shape) -> tuple[nn.Module, Callable[[Te
     return model, step
 
 
-def project_trainer(data: Data, shape: Shape, precision: str) -> tuple[nn.Module, Callable[[Tensor, Tensor, State | None], State]]:
+def project_trainer(data: Data, shape: Shape, precision: str, cell: str = "lstm"
+                    ) -> tuple[nn.Module, Callable[[Tensor, Tensor, State | None], State]]:
     head = clustered_softmax_head(data.train, data.vocab_size, shape.embedding)  # as `rnnlm train` chooses it
-    config = ModelConfig(vocab_size=data.vocab_size, layers=shape.layers, embedding_size=shape.embedding,
+    config = ModelConfig(vocab_size=data.vocab_size, cell=cell, layers=shape.layers, embedding_size=shape.embedding,
                          hidden_size=shape.hidden, dropout=DROPOUT, tie=shape.tie, softmax_head=head or None)
     model = RNNLanguageModel(config)
     optimizer = make_optimizer(model, TrainConfig(lr=LR, clip=CLIP))
@@ -165,11 +170,33 @@ def validation_loss(model: nn.Module, data: Data, shape: Shape) -> float:
     return total / count
 
 
-def training_flops_per_token(vocab_size: int, shape: Shape) -> float:
+def recurrent_multiply_adds(cell: str, inputs: int, hidden: int) -> int:
+    """Per token and layer: the LSTM's four gates from input and hidden state; the SRU's three
+    projections of the input (four where the highway needs one); the Mogrifier's LSTM plus its
+    rounds (default 5, alternately hidden-to-input and input-to-hidden, each inputs × hidden)."""
+    if cell == "sru":
+        return (3 if inputs == hidden else 4) * hidden * inputs
+    rounds = ModelConfig(vocab_size=1).mogrifier_rounds if cell == "mogrifier" else 0
+    return 4 * hidden * (inputs + hidden) + rounds * inputs * hidden
+
+
+def training_flops_per_token(vocab_size: int, shape: Shape, cell: str = "lstm") -> float:
     """Multiply-adds of the recurrent layers and the decoder, times 2 for FLOPs and 3 for forward and backward."""
-    recurrent = sum(4 * shape.hidden * ((shape.embedding if layer == 0 else shape.hidden) + shape.hidden)
+    recurrent = sum(recurrent_multiply_adds(cell, shape.embedding if layer == 0 else shape.hidden, shape.hidden)
                     for layer in range(shape.layers))
     return 6.0 * (recurrent + shape.hidden * vocab_size)
+
+
+def recurrence_share(run: TimedRun, steps: int = 5) -> float:
+    """The fraction of an SRU loop's step time spent in its recurrence kernel, forward and backward,
+    from torch's profiler (the kernel's autograd function and its backward)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        started = time.perf_counter()
+        for _ in range(steps):
+            run.advance()
+        elapsed = time.perf_counter() - started
+    kernel_us = sum(event.self_cpu_time_total for event in profile.key_averages() if "FusedRecurrence" in event.key)
+    return kernel_us / 1e6 / elapsed
 
 
 def bf16_peak_flops(size: int = 2048, trials: int = 10) -> float:
@@ -188,6 +215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="wall time of each training run")
     parser.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
+    parser.add_argument("--name", default="train_throughput", help="results/NAME.md is written")
     args = parser.parse_args()
     torch.manual_seed(0)
     peak = bf16_peak_flops()
@@ -197,24 +225,31 @@ def main() -> None:
     ]
     table = [["shape", "loop", "tokens/s", "× reference", f"val loss after {args.seconds:.0f}s (nats/token)",
               "model GFLOP/s", "of bf16 peak"]]
+    shares = []
     for shape, data in cases:
-        flops = training_flops_per_token(data.vocab_size, shape)
         loops = {"reference (fp32 nn.LSTM)": reference_trainer(data, shape),
                  "rnnlm, --precision fp32": project_trainer(data, shape, "fp32"),
-                 "rnnlm, --precision auto": project_trainer(data, shape, "auto")}
+                 "rnnlm, --precision auto": project_trainer(data, shape, "auto"),
+                 **{f"rnnlm --cell {cell}, --precision auto": project_trainer(data, shape, "auto", cell)
+                    for cell in CELLS if cell not in TORCH_CELLS}}
         runs = {name: TimedRun(data, shape, step) for name, (_, step) in loops.items()}
         for _ in range(ROUNDS):  # taking turns, so that other load on the machine falls on every loop alike
             for run in runs.values():
                 run.train_for(args.seconds / ROUNDS)
         reference_speed = runs["reference (fp32 nn.LSTM)"].tokens / runs["reference (fp32 nn.LSTM)"].seconds
         for name, run in runs.items():
+            flops = training_flops_per_token(data.vocab_size, shape, name.split("--cell ")[-1].split(",")[0]
+                                             if "--cell" in name else "lstm")
             speed = run.tokens / run.seconds
             loss = validation_loss(loops[name][0], data, shape)
             row = [shape.name, name, f"{speed:,.0f}", f"{speed / reference_speed:.2f}", f"{loss:.3f}",
                    f"{speed * flops / 1e9:.1f}", f"{speed * flops / peak:.1%}"]
             print(" | ".join(row), flush=True)
             table.append(row)
+        shares.append(f"{shape.name}: {recurrence_share(runs['rnnlm --cell sru, --precision auto']):.0%}")
     notes = [
+        f"Share of the SRU training step (--precision auto) in its fused recurrence kernel, forward and backward "
+        f"(torch profiler, 5 steps): {'; '.join(shares)}.",
         f"Measured bf16 matrix-product peak: {peak / 1e9:,.0f} GFLOP/s (fastest of ten 2048² bf16 matmuls, {torch.get_num_threads()} threads).",
         "Model FLOPs per training token: 6 × (recurrent multiply-adds + decoder multiply-adds); embeddings, "
         "dropout and the optimiser are not counted.",
@@ -225,7 +260,7 @@ def main() -> None:
         "(`--softmax-head`, chosen from the token counts), whose model FLOPs are fewer than the single softmax's "
         "counted in the GFLOP/s column.",
     ]
-    write_markdown("train_throughput", "Training throughput against a plain PyTorch loop", table, notes)
+    write_markdown(args.name, "Training throughput against a plain PyTorch loop", table, notes)
 
 
 if __name__ == "__main__":

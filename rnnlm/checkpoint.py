@@ -3,14 +3,13 @@
 Nothing in a model directory is unpickled: the optimiser state in checkpoint/ is read with
 torch.load(weights_only=True), which accepts only tensors and plain containers. A directory appears whole (built aside, then
 renamed into place) and each later update replaces one file atomically, so a reader
-never sees a half-written model. The most recently trained model is remembered in the
-user's data directory so that `sample`, `score` and `perplexity` need no -m.
+never sees a half-written model. Which model `sample`, `score`, `perplexity` and `rescore` use without -m
+is rnnlm.project's choice.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,12 +206,13 @@ def model_config_from(config: dict[str, Any], directory: Path) -> ModelConfig:
 
 
 def load_model(directory: Path | None, device: str = "cpu") -> LoadedModel:
-    """Open a model directory (the latest trained model when `directory` is None)."""
+    """Open a model directory (when `directory` is None, the one rnnlm.project.resolve_model chooses)."""
     import torch
 
+    from rnnlm.project import resolve_model
     from rnnlm.sizing import check_fits, inference_bytes
 
-    directory = Path(directory) if directory is not None else latest_model()
+    directory = resolve_model(directory).path
     if not directory.is_dir():
         raise UserError(f"{directory}: no such model directory")
     with locks.reading(directory):
@@ -252,28 +252,3 @@ def _shape_error(error: RuntimeError) -> str:
 def _first_line(error: Exception) -> str:
     text = str(error)
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def data_home() -> Path:
-    base = os.environ.get("RNNLM_HOME") or os.path.join(
-        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "rnnlm"
-    )
-    return Path(base)
-
-
-def remember_latest(directory: Path) -> None:
-    """The pointer holds the path's bytes as the file system has them: any name, UTF-8 or not."""
-    pointer = data_home() / "latest"
-    with locks.exclusive(pointer):
-        write_bytes_atomic(pointer, os.fsencode(directory.resolve()) + b"\n")
-
-
-def latest_model() -> Path:
-    pointer = data_home() / "latest"
-    if not pointer.exists():
-        raise UserError("no model given and none trained yet: run 'rnnlm train CORPUS' or pass -m/--model DIR")
-    try:
-        return Path(os.fsdecode(pointer.read_bytes().rstrip(b"\n")))
-    except OSError as error:
-        raise UserError(f"{pointer}: the latest-model pointer cannot be read ({error.strerror}); "
-                        "pass -m/--model DIR") from None

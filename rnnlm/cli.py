@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 import typer
 
 from rnnlm import __version__
+from rnnlm.cells import CELL_NAMES, CELL_OPTIONS, cell_named, cells_help, check_cell_options
 from rnnlm.config import PRESETS, DynamicEvaluation, Preset, SamplingConfig, TrainConfig
 from rnnlm.errors import InvalidOption, UserError
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="rnnlm",
-    help="Train recurrent language models (LSTM, GRU, RNN) on plain text; sample, score and measure them.\n\n"
+    help="Train recurrent language models (LSTM, GRU, RNN, SRU, SRU++, Mogrifier LSTM) on plain text; sample, score and measure them.\n\n"
     "Log-probabilities are natural logs (nats) unless a base is chosen. Tokens include one end-of-line token "
     "per line; words are whitespace words plus one per line end; bits per character count Unicode code points "
     "including the newline.",
@@ -36,13 +37,19 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (default: the latest trained model).")]
+MODEL_HELP = ("Model directory. Without it: the directory RNNLM_MODEL names, else the current project's latest model "
+              "(named by the nearest models/latest from here upwards), else the user-wide latest ($RNNLM_HOME/latest); a line "
+              "on stderr then says which model answered. 'rnnlm models' lists them.")
+ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", show_default=False, help=MODEL_HELP)]
 ModelsOption = Annotated[Optional[list[Path]], typer.Option(
-    "--model", "-m", help="Model directory (default: the latest trained model); repeat to combine several models.")]
+    "--model", "-m", show_default=False, help=MODEL_HELP + " Repeat to combine several models.")]
 WeightsOption = Annotated[Optional[str], typer.Option(
     "--weights", show_default=False,
     help="With several -m: comma-separated weights of the models' line log-probabilities, combined log-linearly "
     "(default: equal weights that sum to one).")]
+QuietOption = Annotated[bool, typer.Option(
+    "--quiet", "-q", envvar="RNNLM_QUIET", show_envvar=True,
+    help="Do not name on stderr the model used when -m does not (warnings and errors still appear).")]
 DeviceOption = Annotated[str, typer.Option(help="Device: auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")]
 EncodingErrorsOption = Annotated[Literal["strict", "replace"], typer.Option(
     "--encoding-errors", help="Invalid UTF-8 in the input: 'strict' stops with its byte offset and line; 'replace' substitutes U+FFFD.")]
@@ -161,6 +168,7 @@ def _prepare_options(corpus: list[str], tokenizer: Optional[str], vocab_size: Op
 
 
 PRESET_NAMES = ", ".join(PRESETS)
+CellName = Literal[CELL_NAMES]  # type: ignore[valid-type]  # the registry's cells
 MAX_RANDOM_SEED = 2**63 - 1  # torch's and numpy's generators take any seed up to this
 MAX_LAYERS = 100
 MAX_BATCH_ROWS = 10_000  # beams or samples decoded side by side
@@ -172,7 +180,9 @@ def train(
     corpus: Annotated[Optional[list[str]], typer.Argument(help="Text file(s) or directories of them, a catalogue name (alice, tinyshakespeare, ptb, ptb-char), or a directory made by 'rnnlm prepare' (not with --resume).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory (default: models/NAME-CELL-TIME): new, empty, or an earlier model (whose files are replaced; files rnnlm did not write are kept, any other directory is refused). One run writes a directory at a time.")] = None,
     preset: Annotated[Optional[str], typer.Option(help=f"A published configuration ({PRESET_NAMES}; 'rnnlm presets' lists their settings and sources). Options given on the command line override it.", show_default=False)] = None,
-    cell: Annotated[Literal["lstm", "gru", "rnn_tanh", "rnn_relu"], typer.Option(help="Recurrent cell.")] = "lstm",
+    cell: Annotated[CellName, typer.Option(help=cells_help())] = "lstm",
+    mogrifier_rounds: Annotated[Optional[int], typer.Option(min=0, help="mogrifier cell: rounds of gating between the input and the hidden state before each step (0: a plain LSTM) (default: 5).", show_default=False)] = None,
+    attention_memory: Annotated[Optional[int], typer.Option(min=1, help="sru++ cell: the positions each token attends to, itself and those before it, carried across windows in the recurrent state (default: --bptt).", show_default=False)] = None,
     layers: Annotated[int, typer.Option(min=1, max=MAX_LAYERS, help="Recurrent layers.")] = 2,
     embedding_size: Annotated[Optional[int], typer.Option(min=1, help="Embedding size (default: chosen from the corpus size).")] = None,
     hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size (default: 256 below 500,000 training tokens or under a budget below 10 minutes, else 512).")] = None,
@@ -180,7 +190,7 @@ def train(
     input_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on the embeddings, the first layer's input (default: --dropout).")] = None,
     layer_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout between recurrent layers (default: --dropout).")] = None,
     embedding_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Embedding dropout: drop whole word types from each batch (AWD-LSTM's dropoute).")] = 0.0,
-    weight_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="DropConnect on the hidden-to-hidden weights, one mask per batch (AWD-LSTM's wdrop).")] = 0.0,
+    weight_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="DropConnect on the hidden-to-hidden weights (sru: the recurrent vectors), one mask per batch (AWD-LSTM's wdrop).")] = 0.0,
     locked_dropout: Annotated[bool, typer.Option("--locked-dropout/--no-locked-dropout", help="Variational (locked) dropout: one mask per sequence, the same at every time step, for the input, between-layer and output dropouts.")] = False,
     ar: Annotated[float, typer.Option("--ar", min=0.0, help="Activation regularisation: add ALPHA × mean square of the (dropped) top-layer outputs to the loss.")] = 0.0,
     tar: Annotated[float, typer.Option("--tar", min=0.0, help="Temporal activation regularisation: add BETA × mean square of the change in the top-layer outputs between time steps.")] = 0.0,
@@ -227,7 +237,8 @@ def train(
 
     Teacher forcing over stateful truncated back-propagation batches; the weights with the lowest
     validation loss are kept. The model directory (config.json, model.safetensors, tokenizer.json,
-    metrics.jsonl with losses in nats per token) becomes the latest model for sample, score and perplexity.
+    metrics.jsonl with losses in nats per token), once it holds a model, becomes the latest one for sample,
+    score and perplexity: its project's (models/latest, when it lies in a models/ folder) and the user's.
     Regularisation: dropout on the embeddings, between layers and on the outputs (by default chosen
     from the corpus; locked on request); embedding dropout, weight dropout, AR and TAR (off unless
     asked for or set by a preset).
@@ -250,6 +261,7 @@ def train(
         settings |= {name: value for name, value in preset_settings.items() if name not in given}
         chosen_settings |= set(preset_settings)
         typer.echo(f"preset {chosen.name}: {chosen.source}; published: {chosen.published}", err=True)
+    check_cell_options(settings["cell"], settings)
     max_time, epochs = settings["max_time"], settings["epochs"]
     if isinstance(max_time, str):
         max_time = parse_duration(max_time)
@@ -289,7 +301,10 @@ def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_
     from rnnlm.train import train as train_model
 
     settings |= {name: value for name, value in default_training(corpus_data).items() if name not in chosen_settings}
-    model_config = default_model_config(corpus_data, timing["max_time"], **{
+    cell_settings = {name: settings[name] for name in CELL_OPTIONS if settings.get(name) is not None}
+    if "attention_memory" in cell_named(settings["cell"]).options and settings["attention_memory"] is None:
+        cell_settings["attention_memory"] = settings["bptt"]  # the window before, as SRU++ trains
+    model_config = default_model_config(corpus_data, timing["max_time"], **cell_settings, **{
         MODEL_SETTINGS.get(name, name): settings[name] for name in (
             "cell", "layers", "embedding_size", "hidden_size", "dropout", "input_dropout", "layer_dropout",
             "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie",
@@ -359,6 +374,31 @@ def resumed_settings(directory: Path, changes: dict[str, Any]) -> tuple[Any, Any
     return load_prepared(corpus_directory), model_config_from(saved, directory), config
 
 
+def load_chosen(model: Optional[Path], device: str, quiet: bool) -> Any:
+    """The model -m names or rnnlm.project chooses; in the second case a line on stderr says which,
+    once it has loaded (so a failure stays one line), before any output."""
+    from rnnlm.checkpoint import load_model
+    from rnnlm.inventory import notice
+    from rnnlm.project import resolve_model
+    from rnnlm.train import resolve_device
+
+    chosen = resolve_model(model)
+    loaded = load_model(chosen.path, str(resolve_device(device)))
+    if not (quiet or chosen.named_by_user):
+        typer.echo(notice(chosen), err=True)
+    return loaded
+
+
+def load_models(models: Optional[list[Path]], weights: Optional[str], device: str, quiet: bool) -> Any:
+    """The models of repeated -m (none: the one rnnlm.project chooses, named on stderr) and their weights,
+    checked before any loads (rnnlm.combination.Combination)."""
+    from rnnlm.combination import Combination, parse_weights
+
+    chosen: list[Optional[Path]] = list(models) if models else [None]
+    checked = parse_weights(weights, len(chosen))
+    return Combination([load_chosen(directory, device, quiet) for directory in chosen], checked)
+
+
 @app.command()
 @ends_quietly_on_closed_pipe
 def sample(
@@ -377,6 +417,7 @@ def sample(
     output_format: Annotated[Literal["text", "jsonl"], typer.Option("--format", help="text: the seed and its continuation; jsonl: one object per sample with seed, text (the continuation), logprob, score, tokens, stopped and the settings.")] = "text",
     random_seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_RANDOM_SEED, help="Seed for reproducible samples (default: fresh randomness, recorded in --format jsonl).")] = None,
     device: DeviceOption = "auto",
+    quiet: QuietOption = False,
 ) -> None:
     """Generate text that continues --seed: greedy, sampled (temperature, then top-k, then top-p) or by beam search.
 
@@ -389,10 +430,8 @@ def sample(
     """
     from dataclasses import asdict
 
-    from rnnlm.checkpoint import load_model
     from rnnlm.config import fresh_random_seed
     from rnnlm.generate import generate, unseen_text
-    from rnnlm.train import resolve_device
 
     config = SamplingConfig(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, length=length,
                             num_samples=num_samples, beam_size=beam_size, length_penalty=length_penalty,
@@ -403,7 +442,7 @@ def sample(
         seed.encode("utf-8")
     except UnicodeEncodeError:
         raise UserError("--seed is not valid UTF-8") from None
-    loaded = load_model(model, str(resolve_device(device)))
+    loaded = load_chosen(model, device, quiet)
     unseen = unseen_text(loaded.tokenizer, seed)
     if unseen:
         typer.echo(f"rnnlm: warning: the model has not seen {unseen!r} in training; "
@@ -446,6 +485,7 @@ def score(
     chunk_lines: Annotated[int, typer.Option(min=1, max=1 << 20, help="Lines read, scored as length-sorted batches and written (then flushed) per chunk; bounds memory on endless input.")] = 2048,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
+    quiet: QuietOption = False,
 ) -> None:
     """Score each line on its own: log P(tokens of the line, end-of-line | end-of-line), from a fresh state.
 
@@ -456,17 +496,16 @@ def score(
     """
     import time
 
-    from rnnlm.combination import combined_line_scores, load_combination
+    from rnnlm.combination import combined_line_scores
     from rnnlm.fileio import iter_line_batches, iter_text_chunks, open_binary_input
     from rnnlm.formats import ScoreWriter, split_utterance_ids, summary_line
     from rnnlm.scoring import Perplexity
-    from rnnlm.train import resolve_device
 
     if utt_id and output_format == "kenlm":
         raise typer.BadParameter("KenLM's format has no place for identifiers", param_hint="'--utt-id'")
     if per_token and model and len(model) > 1:
         raise typer.BadParameter("token log-probabilities belong to one model; give one -m", param_hint="'--per-token'")
-    models = load_combination(model, weights, str(resolve_device(device)))
+    models = load_models(model, weights, device, quiet)
     writer = ScoreWriter(sys.stdout, models.first.tokenizer, output_format, log_base, per_token)
     totals = Perplexity("independent-lines")
     started = time.perf_counter()
@@ -498,6 +537,7 @@ def perplexity(
     dynamic_segment: Annotated[int, typer.Option(min=1, help="With --dynamic: tokens scored between two adaptation steps.")] = DynamicEvaluation.segment,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
+    quiet: QuietOption = False,
 ) -> None:
     """Perplexity of a file per token and per word, and bits per character, with the counts behind each.
 
@@ -506,23 +546,22 @@ def perplexity(
     in the main figures; a per-token perplexity without them is shown beside. With several -m,
     the total NLL is the weighted sum of the models' NLLs; tokens and OOV are the first model's.
     """
-    from rnnlm.combination import combined_perplexity, load_combination
+    from rnnlm.combination import combined_perplexity
     from rnnlm.display import perplexity_table
     from rnnlm.fileio import iter_text_chunks, open_binary_input
     from rnnlm.scoring import PerplexityMeter
-    from rnnlm.train import resolve_device
 
     adaptation = DynamicEvaluation(dynamic_lr, dynamic_decay, dynamic_segment) if dynamic else None
     if adaptation is not None:
         adaptation.validate()
-    models = load_combination(model, weights, str(resolve_device(device)))
+    models = load_models(model, weights, device, quiet)
     meters = [PerplexityMeter(m.model, m.tokenizer, independent_lines, adaptation) for m in models.models]
     name = "<stdin>" if file == "-" else file
     with open_binary_input(file) as stream:
         for text in iter_text_chunks(stream, name, encoding_errors):
             for meter in meters:
                 meter.add(text)
-    result = combined_perplexity([meter.result for meter in meters], models.weights)
+    result = combined_perplexity([meter.finish() for meter in meters], models.weights)
     if result.tokens == 0:
         raise UserError(f"{name}: is empty; nothing to measure")
     report = result.to_dict()
@@ -548,6 +587,7 @@ def rescore(
     tune: Annotated[Optional[Path], typer.Option(help="References, utt-id<TAB>reference text: choose --lm-weight and --word-penalty on a grid to minimise the word error rate, print a table of WER and sentence error rate on stderr, then rescore with the chosen values (holds every n-best list in memory).", show_default=False)] = None,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
+    quiet: QuietOption = False,
 ) -> None:
     """Rescore n-best lists: new score = first-pass + lm-weight x LM log-prob + word-penalty x words.
 
@@ -556,11 +596,10 @@ def rescore(
     utt-id<TAB>best hypothesis (ties: the earlier line). Input is streamed; utterances are
     batched for the model, and those before a malformed line are written before the error.
     """
-    from rnnlm.combination import line_logprobs, load_combination
+    from rnnlm.combination import line_logprobs
     from rnnlm.display import rescoring_progress
     from rnnlm.fileio import iter_text_chunks, open_binary_input
     from rnnlm.rescoring import RescoreSettings, group_utterances, read_kaldi, read_tsv, rescore as rescore_lists, write_results
-    from rnnlm.train import resolve_device
 
     settings = RescoreSettings(lm_weight, word_penalty)
     settings.validate()
@@ -570,7 +609,7 @@ def rescore(
         raise typer.BadParameter("--format kaldi and --costs go together", param_hint="'--costs'")
     if costs == "-" and nbest == "-":
         raise typer.BadParameter("the n-best list and the costs cannot both be standard input", param_hint="'--costs'")
-    models = load_combination(model, weights, str(resolve_device(device)))
+    models = load_models(model, weights, device, quiet)
     name = "<stdin>" if nbest == "-" else nbest
     with open_binary_input(nbest) as stream, open_binary_input(costs or os.devnull) as cost_stream:
         chunks = iter_text_chunks(stream, name, encoding_errors)
@@ -599,6 +638,43 @@ def _tuned(rescored: Any, references: Path, encoding_errors: str) -> Any:
         typer.echo(row, err=True)
     typer.echo(f"chosen: --lm-weight {chosen.lm_weight:g} --word-penalty {chosen.word_penalty:g}", err=True)
     return ranked
+
+
+@app.command()
+@ends_quietly_on_closed_pipe
+def models(
+    directory: Annotated[Optional[Path], typer.Argument(help="A project directory (the one holding models/) or a folder of model directories (default: the current project's: where the nearest models/latest is, else ./models).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array, an object per model directory: path, valid, problem, being_trained, writer_pid, corpus, tokenizer, cell, layers, hidden_size, parameters, val_nats_per_token, val_word_ppl, val_bpc, natural_units, training_s, trained_at, roles, default, default_reason.")] = False,
+) -> None:
+    """List a project's model directories and the user-wide latest, starring the one that sample, score and
+    perplexity use there without -m, and why.
+
+    Each row gives the corpus, tokenizer, cell and size, parameters, the best validation figure in
+    the model's natural unit (perplexity per word for word models, bits per character for
+    character models, both for subword models), training time and date. A directory that is not a
+    usable model is listed with the reason; nothing is changed.
+    """
+    from rich.console import Console
+
+    from rnnlm.display import models_table
+    from rnnlm.inventory import project_inventory
+    from rnnlm.project import models_folder, resolve_model, shown
+
+    folder = models_folder(directory)
+    try:
+        chosen, unusable = resolve_model(None, start=directory), ""
+    except UserError as error:
+        chosen, unusable = None, str(error)
+    listed = project_inventory(folder, chosen)
+    if as_json:
+        typer.echo(json.dumps([info.to_json() for info in listed]))  # ASCII: any bytes of a path survive
+        return
+    if not any(info.path.parent == folder for info in listed):
+        typer.echo(f"rnnlm: no model directories in {shown(folder)}", err=True)
+    if listed:  # wide in a pipe or file, where nothing would fold the rows back
+        Console(width=None if sys.stdout.isatty() else 240).print(models_table(listed, shown(folder)))
+    used = next((info for info in listed if info.default), None)
+    typer.echo(f"used here without -m: {shown(used.path)} ({used.default})" if used else f"used here without -m: none ({unusable})")
 
 
 def _click_exception(name: str) -> type[Exception]:

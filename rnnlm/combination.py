@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from rnnlm.checkpoint import LoadedModel, load_model
+from rnnlm.checkpoint import LoadedModel
 from rnnlm.errors import InvalidOption
 from rnnlm.scoring import LineScore, Perplexity, score_lines
 
@@ -44,13 +43,6 @@ def parse_weights(text: str | None, count: int) -> list[float]:
     if any(not math.isfinite(w) or w < 0 for w in weights) or not any(weights):
         raise InvalidOption(f"--weights: each weight must be a finite number at least 0, not all 0; got {text!r}")
     return weights
-
-
-def load_combination(directories: Sequence[Path] | None, weights: str | None, device: str) -> Combination:
-    """The models named by -m (none: the default model alone), with their checked weights."""
-    chosen: list[Path | None] = list(directories) if directories else [None]
-    checked = parse_weights(weights, len(chosen))  # before loading: a bad option costs nothing
-    return Combination([load_model(directory, device) for directory in chosen], checked)
 
 
 def combined_line_scores(combination: Combination, lines: Sequence[str], detail: bool = False) -> list[LineScore]:

@@ -6,6 +6,7 @@ Kept free of torch so that the command line can show these defaults without impo
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -14,6 +15,13 @@ from rnnlm.errors import InvalidOption
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "ntasgd")
 SCHEDULES = ("cosine", "constant", "plateau", "step")
+COMPUTE_DEVICES = ("cpu", "cuda", "mps")
+
+
+def check_device_name(name: str) -> None:
+    """Refuse a `--device` that names no device rnnlm computes on, whatever this machine has."""
+    if name != "auto" and not re.fullmatch(rf"({'|'.join(COMPUTE_DEVICES)})(:\d+)?", name):
+        raise InvalidOption(f"--device {name!r} is not a device rnnlm computes on; use auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -62,6 +70,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise InvalidOption(message)
+        check_device_name(self.device)
 
 
 @dataclass(frozen=True)

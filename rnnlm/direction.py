@@ -8,11 +8,14 @@ scorer reverse their input through this module, so the rule lives in one place.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
 
 from rnnlm.data import PreparedCorpus
+from rnnlm.slices import SLICE_CHARS, cuts_anywhere, encode_slices, slice_text
+from rnnlm.tokenizers import Tokenizer
 
 
 def reverse_lines(tokens: np.ndarray, eol_id: int) -> np.ndarray:
@@ -39,3 +42,15 @@ def reversed_corpus(corpus: PreparedCorpus) -> PreparedCorpus:
     eol_id = corpus.tokenizer.eol_id
     return replace(corpus, splits={name: reverse_lines(ids, eol_id) for name, ids in corpus.splits.items()},
                    train_samples=[reverse_lines(ids, eol_id) for ids in corpus.train_samples])
+
+
+def encode_directed(tokenizer: Tokenizer, text: str, reverse: bool) -> Iterator[np.ndarray]:
+    """The tokens of `text` (one line, or the start of one) slice by slice, in the order a model of
+    that direction reads them. The slices' tokens are the text's tokens (rnnlm.slices), so a
+    backward model's are the slices from the last, each reversed: one slice's tokens are held at a
+    time, as for a forward model; only the slices' text (a copy of the line) is held too."""
+    if not reverse:
+        yield from encode_slices(tokenizer, text)
+        return
+    for piece in reversed(list(slice_text(text, SLICE_CHARS, cuts_anywhere(tokenizer)))):
+        yield tokenizer.encode(piece)[::-1]

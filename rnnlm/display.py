@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from rnnlm.durations import format_duration
+from rnnlm.units import natural_text
 
 stderr = Console(stderr=True)
 
@@ -31,10 +32,12 @@ class TrainingDisplay:
         self.live = console.is_terminal
         self.progress: Progress | None = None
         self.task: Any = None
-        self.val_bpc = math.nan
+        self.validation = "-"  # the latest validation figure in the model's natural unit
+        self.tokenizer = ""
         self.last_refresh = 0.0
 
     def start(self, info: dict[str, Any]) -> None:
+        self.tokenizer = info["tokenizer"]
         budget = f", budget {format_duration(info['max_time'])}" if info["max_time"] else ""
         processes = f", {info['processes']} processes" if info["processes"] > 1 else ""
         resumed = f", resuming at step {info['resumed_at']:,}" if info["resumed_at"] is not None else ""
@@ -46,12 +49,12 @@ class TrainingDisplay:
             self.progress = Progress(
                 TextColumn("[bold]step {task.completed:>7.0f}"), BarColumn(),
                 TextColumn("{task.percentage:>3.0f}%  loss {task.fields[loss]:.3f} nats/token  "
-                           "val {task.fields[val_bpc]:.3f} bits/char  {task.fields[speed]:,.0f} tokens/s  "
+                           "val {task.fields[validation]}  {task.fields[speed]:,.0f} tokens/s  "
                            "left {task.fields[left]}"),
                 console=self.console, transient=False,
             )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=None, loss=math.nan, val_bpc=math.nan, speed=0.0, left="?")
+            self.task = self.progress.add_task("train", total=None, loss=math.nan, validation="-", speed=0.0, left="?")
 
     def step(self, info: dict[str, Any]) -> None:
         if self.progress is None:
@@ -63,16 +66,16 @@ class TrainingDisplay:
         progress = max(info["progress"], 1e-9)
         left = format_duration(info["elapsed_s"] * (1 - progress) / progress) if info["progress"] > 0 else "?"
         self.progress.update(self.task, completed=info["step"], total=info["step"] / progress, loss=info["loss"],
-                             val_bpc=self.val_bpc, speed=info["tokens_per_s"], left=left)
+                             validation=self.validation, speed=info["tokens_per_s"], left=left)
 
     def evaluation(self, record: dict[str, Any]) -> None:
-        self.val_bpc = record["val_bpc"]
+        self.validation = natural_text(self.tokenizer, record["val_word_ppl"], record["val_bpc"]) or "-"
         if self.progress is None:
             train_loss = record["train_loss"]
             train = f"{train_loss:.4f}" if train_loss is not None else "-"
             self.console.print(
                 f"step {record['step']:>7}  epoch {record['epoch']:>3}  train {train} nats/token  "
-                f"val {record['val_loss']:.4f} nats/token = {record['val_bpc']:.4f} bits/char"
+                f"val {self.validation} ({record['val_loss']:.4f} nats/token)"
                 f"{' (best)' if record['best'] else ''}  {record['tokens_per_s']:,.0f} tokens/s  "
                 f"{format_duration(record['elapsed_s'])}",
                 highlight=False, soft_wrap=True,
@@ -89,7 +92,8 @@ class TrainingDisplay:
         table.add_row("steps", f"{result.steps:,}")
         table.add_row("tokens seen", f"{result.tokens:,}")
         table.add_row("time", format_duration(result.elapsed_s))
-        table.add_row("best validation", f"{result.best_val_loss:.4f} nats/token, {result.best_val_bpc:.4f} bits/char")
+        best = natural_text(result.tokenizer, result.best_val_word_ppl, result.best_val_bpc)
+        table.add_row("best validation", f"{best} ({result.best_val_loss:.4f} nats/token)")
         table.add_row("model", str(result.directory))
         self.console.print(table)
 
@@ -168,3 +172,25 @@ def rescoring_progress(rescored: Iterable[Sequence[Any]], console: Console = std
             shown = time.monotonic()
         yield results
     console.file.write(f"\rrnnlm rescore: {utterances:,} utterances, {hypotheses:,} hypotheses rescored\n")
+
+
+def models_table(listed: list[Any], folder: str) -> Table:
+    """`rnnlm models`: one row per model directory (rnnlm.inventory.ModelInfo), the one used here starred."""
+    from rnnlm.durations import spoken_duration
+    from rnnlm.inventory import short_count
+    from rnnlm.project import shown
+
+    table = Table(title=f"models in {folder} (* used here without -m)", title_justify="left")
+    for column in ("", "path", "corpus", "model", "parameters", "best validation", "trained", "notes"):
+        table.add_column(column, justify="right" if column == "parameters" else "left")
+    for info in listed:
+        notes = [*info.roles, *([info.problem] if info.problem else [])]
+        if info.writer_pid:
+            notes.append("being trained")
+        trained = [spoken_duration(info.training_s) if info.training_s is not None else "",
+                   f"{info.trained_at:%Y-%m-%d %H:%M}" if info.trained_at else ""]
+        table.add_row("*" if info.default else "", shown(info.path), info.corpus or "-",
+                      f"{info.tokenizer}, {info.size()}" if info.tokenizer else "-",
+                      short_count(info.parameters) if info.parameters else "-", info.validation(),
+                      ", ".join(part for part in trained if part) or "-", "; ".join(notes))
+    return table

@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
 from rnnlm.config import SamplingConfig
+from rnnlm.direction import encode_directed
 from rnnlm.errors import InvalidOption
 from rnnlm.model import RNNLanguageModel, State, select_state
+from rnnlm.scoring import time_window
+from rnnlm.slices import slice_text, token_windows
 from rnnlm.tokenizers import Tokenizer
 
 
@@ -128,20 +130,29 @@ def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_
 
 def prime(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str) -> tuple[torch.Tensor, State, int]:
     """Run the end-of-line context and the seed (last token first, for a backward model) through
-    the model: last logits, state and token."""
-    seed_ids = tokenizer.encode(seed_text)
-    ids = np.concatenate([[tokenizer.eol_id], seed_ids[::-1] if model.config.reverse else seed_ids]).astype(np.int64)
+    the model: last logits, state and token.
+
+    The seed goes in windows, a slice of its text at a time, so that a long seed holds one
+    window of logits rather than a distribution for every one of its tokens."""
     device = model.embedding.weight.device
-    logits, state = model(torch.from_numpy(ids)[None].to(device))
-    return logits[:, -1], state, int(ids[-1])
+    logits, state = model(torch.tensor([[tokenizer.eol_id]], device=device))
+    last_token = tokenizer.eol_id
+    window = time_window(1, model.config.vocab_size)
+    for block in token_windows(encode_directed(tokenizer, seed_text, model.config.reverse), tokenizer.eol_id, window):
+        logits, state = model(torch.from_numpy(block[1:])[None].to(device), state)
+        last_token = int(block[-1])
+    return logits[:, -1], state, last_token
 
 
 def unseen_text(tokenizer: Tokenizer, text: str) -> str:
     """The characters (words, for a word tokenizer) of `text` that map to the unknown token, each
-    once, for a warning; empty when the tokenizer knows them all."""
+    once, for a warning; empty when the tokenizer knows them all. Each distinct one is encoded
+    once, and a long text is split a slice at a time."""
     words = tokenizer.kind == "word"
-    units = text.split() if words else text.replace("\n", "")
-    unseen = dict.fromkeys(unit for unit in units if tokenizer.unk_id in tokenizer.encode(unit))
+    units: dict[str, None] = {}
+    for piece in slice_text(text):
+        units.update(dict.fromkeys(piece.split() if words else piece.replace("\n", "")))
+    unseen = [unit for unit in units if tokenizer.unk_id in tokenizer.encode(unit)]
     return (" " if words else "").join(unseen)
 
 

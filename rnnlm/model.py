@@ -1,4 +1,4 @@
-"""The recurrent language model: embedding, a stack of torch RNN/LSTM/GRU layers, and a decoder.
+"""The recurrent language model: embedding, a stack of recurrent layers of one cell (rnnlm.cells), and a decoder.
 
 Regularisation follows AWD-LSTM (Merity et al., 2017), each part off or on by its setting:
 embedding dropout drops whole word types; dropout on the inputs, between layers and on the
@@ -17,15 +17,14 @@ probabilities are exact and sum to one; with tying, every token keeps its embedd
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-
-State = Union[Tensor, tuple[Tensor, Tensor]]
+from rnnlm.cells import cell_named
+from rnnlm.cells.layer import State
 
 
 @dataclass
@@ -47,10 +46,15 @@ class ModelConfig:
     init_range: Optional[float] = None  # every weight uniform in ±init_range (None: torch's defaults)
     softmax_head: Optional[int] = None  # tokens 0..head-1 in the first level of a clustered softmax (None: one softmax)
     reverse: bool = False  # a backward model: reads each line's tokens last to first, end-of-line still last (rnnlm.direction)
+    mogrifier_rounds: int = 5  # the mogrifier cell: rounds of mutual gating before each LSTM step
+    attention_memory: int = 64  # the sru++ cell: positions each token attends to (itself and those before it)
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        cell_named(self.cell)  # a ValueError naming the cells this version has
+        if self.mogrifier_rounds < 0:
+            raise ValueError(f"mogrifier_rounds must be 0 or more, got {self.mogrifier_rounds}")
+        if self.attention_memory < 1:
+            raise ValueError(f"attention_memory must be at least 1, got {self.attention_memory}")
         for name in ("dropout", "input_dropout", "layer_dropout", "embedding_dropout", "weight_dropout"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
@@ -100,14 +104,9 @@ class RNNLanguageModel(nn.Module):
         self._initialise()
 
     @staticmethod
-    def _make_layer(config: ModelConfig, layer: int) -> nn.RNNBase:
+    def _make_layer(config: ModelConfig, layer: int) -> nn.Module:
         inputs = config.embedding_size if layer == 0 else config.hidden_size
-        shape = dict(input_size=inputs, hidden_size=config.hidden_size, batch_first=True)
-        if config.cell == "lstm":
-            return nn.LSTM(**shape)
-        if config.cell == "gru":
-            return nn.GRU(**shape)
-        return nn.RNN(nonlinearity=config.cell.removeprefix("rnn_"), **shape)
+        return cell_named(config.cell).layer_class()(inputs, config.hidden_size, config)
 
     def _initialise(self) -> None:
         if self.config.init_range is not None:
@@ -123,11 +122,9 @@ class RNNLanguageModel(nn.Module):
         nn.init.zeros_(self.decoder.bias)
 
     def initial_state(self, batch_size: int) -> State:
-        """The zero state a fresh sequence starts from."""
+        """The zero state a fresh sequence starts from: each layer's, stacked along the first axis."""
         weight = self.embedding.weight
-        shape = (self.config.layers, batch_size, self.config.hidden_size)
-        hidden = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
-        return (hidden, hidden.clone()) if self.config.cell == "lstm" else hidden
+        return _stack_states([rnn.initial_state(batch_size, weight.dtype, weight.device) for rnn in self.rnns])
 
     def _dropout(self, x: Tensor, p: float) -> Tensor:
         if not self.training or p == 0:
@@ -141,11 +138,11 @@ class RNNLanguageModel(nn.Module):
             weight = weight * weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
         return F.embedding(tokens, weight)
 
-    def _run_layer(self, rnn: nn.RNNBase, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def _run_layer(self, rnn: nn.Module, x: Tensor, state: State) -> tuple[Tensor, State]:
         p = self.config.weight_dropout
         if not self.training or p == 0:
             return rnn(x, state)
-        dropped = {"weight_hh_l0": F.dropout(rnn.weight_hh_l0, p)}
+        dropped = {name: F.dropout(getattr(rnn, name), p) for name in cell_named(self.config.cell).weight_dropped}
         return torch.func.functional_call(rnn, dropped, (x, state))
 
     def forward(self, tokens: Tensor, state: State | None = None, targets: Tensor | None = None) -> tuple[Tensor, State]:
@@ -162,7 +159,7 @@ class RNNLanguageModel(nn.Module):
         x = self._dropout(self._embed(tokens), config.dropout if config.input_dropout is None else config.input_dropout)
         final_states = []
         for layer, rnn in enumerate(self.rnns):
-            layer_state = tuple(s[layer:layer + 1] for s in state) if isinstance(state, tuple) else state[layer:layer + 1]
+            layer_state = tuple(s[layer:layer + 1] for s in state)
             x, layer_state = self._run_layer(rnn, x, layer_state)
             final_states.append(layer_state)
             if layer < config.layers - 1:
@@ -222,9 +219,7 @@ class RNNLanguageModel(nn.Module):
 
 
 def _stack_states(states: list[State]) -> State:
-    if isinstance(states[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*states))  # type: ignore[return-value]
-    return torch.cat(states)  # type: ignore[arg-type]
+    return tuple(torch.cat(parts) for parts in zip(*states))
 
 
 def _rename_stacked_rnn_weights(state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
@@ -236,16 +231,12 @@ def _rename_stacked_rnn_weights(state_dict: dict[str, Tensor], prefix: str, *arg
 
 def detach_state(state: State) -> State:
     """The same state, cut from the graph, for truncated back-propagation."""
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)  # type: ignore[return-value]
-    return state.detach()
+    return tuple(s.detach() for s in state)
 
 
 def select_state(state: State, rows: Tensor) -> State:
     """The states of the given batch rows (for reordering or repeating sequences)."""
-    if isinstance(state, tuple):
-        return tuple(s.index_select(1, rows) for s in state)  # type: ignore[return-value]
-    return state.index_select(1, rows)
+    return tuple(s.index_select(1, rows) for s in state)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import torch
@@ -18,9 +19,11 @@ import torch.nn.functional as F
 
 from rnnlm.config import DynamicEvaluation
 from rnnlm.data import TextCounts
+from rnnlm.direction import encode_directed
 from rnnlm.errors import UserError
 from rnnlm.fileio import split_lines
 from rnnlm.model import RNNLanguageModel, State, detach_state
+from rnnlm.slices import SLICE_CHARS, count_words_sliced, encode_slices, slice_text, token_windows
 from rnnlm.tokenizers import Tokenizer, count_words
 
 LOGIT_BUDGET = 1 << 22  # floats of logits held at once while scoring
@@ -93,17 +96,28 @@ def stream_totals(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window
 
 def encode_line(tokenizer: Tokenizer, line: str, reverse: bool = False) -> np.ndarray:
     """A line's tokens (last to first for a backward model) followed by its end-of-line token."""
-    ids = tokenizer.encode(line)
-    return np.append(ids[::-1] if reverse else ids, tokenizer.eol_id)
+    return np.concatenate(list(_line_slices(tokenizer, line, reverse)))
+
+
+def _line_slices(tokenizer: Tokenizer, line: str, reverse: bool) -> Iterator[np.ndarray]:
+    """A line's tokens slice by slice, as a model of that direction reads them, then its end-of-line token."""
+    yield from encode_directed(tokenizer, line, reverse)
+    yield np.array([tokenizer.eol_id], dtype=np.int64)
 
 
 @torch.inference_mode()
 def score_lines(model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[str],
                 detail: bool = False) -> list[LineScore]:
-    """Score each line on its own, from a fresh state, in length-sorted padded batches."""
-    encoded = [encode_line(tokenizer, line, model.config.reverse) for line in lines]
-    order = sorted(range(len(lines)), key=lambda i: len(encoded[i]))
+    """Score each line on its own, from a fresh state, in length-sorted padded batches; a line
+    longer than a slice (SLICE_CHARS characters) alone, in bounded memory (score_long_line)."""
     scores: list[LineScore | None] = [None] * len(lines)
+    encoded: dict[int, np.ndarray] = {}
+    for index, line in enumerate(lines):
+        if len(line) > SLICE_CHARS:
+            scores[index] = score_long_line(model, tokenizer, line, detail)
+        else:
+            encoded[index] = encode_line(tokenizer, line, model.config.reverse)
+    order = sorted(encoded, key=lambda i: len(encoded[i]))
     for batch in _length_batches(order, encoded):
         for index, line_logprobs in zip(batch, _score_batch(model, [encoded[i] for i in batch], tokenizer.eol_id)):
             ids = encoded[index]
@@ -121,7 +135,36 @@ def score_lines(model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[s
     return scores  # type: ignore[return-value]
 
 
-def _length_batches(order: list[int], encoded: list[np.ndarray]) -> Iterator[list[int]]:
+@torch.inference_mode()
+def score_long_line(model: RNNLanguageModel, tokenizer: Tokenizer, line: str, detail: bool = False) -> LineScore:
+    """One line of any length, from a fresh state, holding a slice of its text and a window of its
+    tokens at a time (with `detail`, also its per-token results): the windows fall where the
+    batched path puts them for a line alone, so the log-probabilities are the same."""
+    device = model.embedding.weight.device
+    window = time_window(1, model.config.vocab_size)
+    logprob = oov_logprob = 0.0
+    tokens = oov = 0
+    state: State | None = None
+    ids: list[np.ndarray] = []
+    logprobs: list[np.ndarray] = []
+    for block in token_windows(_line_slices(tokenizer, line, model.config.reverse), tokenizer.eol_id, window):
+        tensor = torch.from_numpy(block).to(device)[None]
+        values, state = model(tensor[:, :-1], state, targets=tensor[:, 1:])
+        values = values[0].cpu().double().numpy()
+        unknown = block[1:] == tokenizer.unk_id
+        logprob += float(values.sum())
+        oov_logprob += float(values[unknown].sum())
+        tokens += len(values)
+        oov += int(np.count_nonzero(unknown))
+        if detail:
+            ids.append(block[1:].copy())
+            logprobs.append(values)
+    return LineScore(logprob=logprob, tokens=tokens, oov=oov, words=count_words_sliced(line) + 1, chars=len(line) + 1,
+                     oov_logprob=oov_logprob, token_ids=np.concatenate(ids).tolist() if detail else [],
+                     token_logprobs=np.concatenate(logprobs).tolist() if detail else [])
+
+
+def _length_batches(order: list[int], encoded: dict[int, np.ndarray]) -> Iterator[list[int]]:
     """Groups of similar-length lines whose padded size stays within the token budget."""
     batch: list[int] = []
     for index in order:
@@ -176,17 +219,19 @@ class Perplexity:
         self.chars += score.chars
         self.lines += 1
 
-    def add_text(self, lines: Sequence[str], totals: NLLTotals) -> None:
-        """Add scored lines, counted as `prepare` counts them (one definition of words and characters)."""
+    def add_text(self, text: str) -> None:
+        """Count text as `prepare` counts it (one definition of words and characters)."""
         counts = TextCounts()
-        counts.add_text("".join(line + "\n" for line in lines))
+        counts.add_text(text)
+        self.words += counts.words
+        self.chars += counts.chars
+        self.lines += counts.lines
+
+    def add_totals(self, totals: NLLTotals) -> None:
         self.nll += totals.nll
         self.oov_nll += totals.oov_nll
         self.tokens += totals.tokens
         self.oov += totals.oov
-        self.words += counts.words
-        self.chars += counts.chars
-        self.lines += counts.lines
 
     def to_dict(self) -> dict[str, float | int | str]:
         in_vocab = self.tokens - self.oov
@@ -219,21 +264,18 @@ class _DynamicScorer:
         self.settings = settings
         self.trained = [p.detach().clone() for p in model.parameters()]
 
-    def score(self, ids: np.ndarray, previous: int, state: State | None, unk_id: int) -> tuple[NLLTotals, State | None]:
-        stream = torch.from_numpy(np.concatenate([[previous], ids]).astype(np.int64)).to(self.model.embedding.weight.device)
-        totals = NLLTotals()
-        for start in range(0, len(ids), self.settings.segment):
-            segment = stream[start : start + self.settings.segment + 1][None]
-            with torch.enable_grad():
-                logprobs, state = self.model(segment[:, :-1], state, targets=segment[:, 1:])
-                self.model.zero_grad(set_to_none=True)
-                (-logprobs.mean()).backward()
-            self._step()
-            logprobs = logprobs.detach()
-            unknown = segment[:, 1:] == unk_id
-            totals.add(NLLTotals(-logprobs.sum().item(), logprobs.numel(), int(unknown.sum()), -logprobs[unknown].sum().item()))
-            state = detach_state(state)
-        return totals, state
+    def score(self, block: np.ndarray, state: State | None, unk_id: int) -> tuple[NLLTotals, State]:
+        """Totals of one segment (its context token, then its targets), then one adaptation step."""
+        segment = torch.from_numpy(block).to(self.model.embedding.weight.device)[None]
+        with torch.enable_grad():
+            logprobs, state = self.model(segment[:, :-1], state, targets=segment[:, 1:])
+            self.model.zero_grad(set_to_none=True)
+            (-logprobs.mean()).backward()
+        self._step()
+        logprobs = logprobs.detach()
+        unknown = segment[:, 1:] == unk_id
+        totals = NLLTotals(-logprobs.sum().item(), logprobs.numel(), int(unknown.sum()), -logprobs[unknown].sum().item())
+        return totals, detach_state(state)
 
     @torch.no_grad()
     def _step(self) -> None:
@@ -244,6 +286,25 @@ class _DynamicScorer:
                 parameter.add_(self.settings.decay * (trained - parameter))
 
 
+def _counted_tokens(tokenizer: Tokenizer, text: str, result: Perplexity, reverse: bool) -> Iterator[np.ndarray]:
+    """The tokens of a text chunk a slice at a time, every line ended by its end-of-line token (the
+    last line too, with or without its newline; a backward model's lines read last token first);
+    the text is counted into `result` on the way."""
+    if not text:
+        return
+    for piece in slice_text(text):
+        result.add_text(piece)
+    if reverse:
+        for line in split_lines(text):
+            yield from _line_slices(tokenizer, line, reverse)
+    else:
+        yield from encode_slices(tokenizer, text)
+    if not text.endswith("\n"):
+        result.add_text("\n")
+        if not reverse:
+            yield np.array([tokenizer.eol_id], dtype=np.int64)
+
+
 def perplexity(model: RNNLanguageModel, tokenizer: Tokenizer, chunks: Iterable[str],
                independent_lines: bool = False, dynamic: DynamicEvaluation | None = None) -> Perplexity:
     """Perplexity of text given as chunks that end on line boundaries (the last may not).
@@ -251,15 +312,20 @@ def perplexity(model: RNNLanguageModel, tokenizer: Tokenizer, chunks: Iterable[s
     Stream mode carries the state across lines and chunks, as the published PTB numbers do;
     independent-lines mode scores each line from a fresh state, as `score` does. With
     `dynamic`, the model (a copy is not made: the caller's model adapts) learns as it reads.
+    Either way a slice of text and a window of tokens are held at a time, however long a line.
     """
     meter = PerplexityMeter(model, tokenizer, independent_lines, dynamic)
     for text in chunks:
         meter.add(text)
-    return meter.result
+    return meter.finish()
 
 
 class PerplexityMeter:
-    """Totals of a text fed chunk by chunk, so several models can read one stream side by side."""
+    """Totals of a text fed chunk by chunk, so several models can read one stream side by side.
+
+    Between chunks the tokens of an unfinished window wait, so that the windows fall where they
+    would on the whole text at once (rnnlm.slices.token_windows) and the totals do not depend on
+    where the input was cut into chunks."""
 
     def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, independent_lines: bool = False,
                  dynamic: DynamicEvaluation | None = None) -> None:
@@ -270,22 +336,36 @@ class PerplexityMeter:
         self.independent_lines = independent_lines
         self.result = Perplexity("independent-lines" if independent_lines else "dynamic-stream" if dynamic else "stream")
         self.scorer = _DynamicScorer(model, dynamic) if dynamic is not None else None
+        self.window = dynamic.segment if dynamic is not None else time_window(1, model.config.vocab_size)
         self.state: State | None = None
-        self.previous = tokenizer.eol_id
+        self.pending = np.array([tokenizer.eol_id], dtype=np.int64)  # context token, then unscored tokens
 
     def add(self, text: str) -> None:
         """Score a chunk that ends on a line boundary (or ends the text)."""
-        lines = split_lines(text)
-        if not lines:
-            return
         if self.independent_lines:
-            for score in score_lines(self.model, self.tokenizer, lines):
+            for score in score_lines(self.model, self.tokenizer, split_lines(text)):
                 self.result.add_line(score)
             return
-        ids = np.concatenate([encode_line(self.tokenizer, line, self.model.config.reverse) for line in lines])
+        pieces = chain([self.pending[1:]], _counted_tokens(self.tokenizer, text, self.result, self.model.config.reverse))
+        for block in token_windows(pieces, int(self.pending[0]), self.window):
+            if len(block) <= self.window:  # the last, unfinished window: it waits for the next chunk
+                self.pending = block.copy()
+                return
+            self._score(block)
+            self.pending = block[-1:].copy()
+
+    def finish(self) -> Perplexity:
+        """The totals, once the last unfinished window is scored."""
+        if len(self.pending) > 1:
+            self._score(self.pending)
+            self.pending = self.pending[-1:]
+        return self.result
+
+    def _score(self, block: np.ndarray) -> None:
+        """One window, the state carried from the one before."""
+        unk_id = self.tokenizer.unk_id
         if self.scorer is not None:
-            totals, self.state = self.scorer.score(ids, self.previous, self.state, self.tokenizer.unk_id)
+            totals, self.state = self.scorer.score(block, self.state, unk_id)
         else:
-            totals, self.state = stream_totals(self.model, ids, 1, 512, self.previous, self.state, self.tokenizer.unk_id)
-        self.result.add_text(lines, totals)
-        self.previous = int(ids[-1])
+            totals, self.state = stream_totals(self.model, block[1:], 1, len(block) - 1, int(block[0]), self.state, unk_id)
+        self.result.add_totals(totals)

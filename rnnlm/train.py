@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnlm import checkpoint, outputs
-from rnnlm.config import TrainConfig
+from rnnlm import checkpoint, outputs, project, units
+from rnnlm.config import TrainConfig, check_device_name
 from rnnlm.data import PreparedCorpus, mean_window_length, stream_batches, variable_window_length
 from rnnlm.direction import reversed_corpus
-from rnnlm.errors import InvalidOption, UserError
+from rnnlm.errors import UserError
 from rnnlm.model import (
     ModelConfig,
     RNNLanguageModel,
@@ -52,6 +52,8 @@ class TrainResult:
     best_val_bpc: float
     stopped_because: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_word_ppl: float = math.nan
+    tokenizer: str = ""  # the kind, which decides the unit the result is read in (rnnlm.units)
 
 
 class Reporter(Protocol):
@@ -72,19 +74,12 @@ class SilentReporter:
     def finish(self, result: TrainResult) -> None: pass
 
 
-COMPUTE_DEVICES = ("cpu", "cuda", "mps")
-
-
 def resolve_device(name: str) -> torch.device:
     """The torch device for `--device`: auto, or a device this machine has and rnnlm computes on."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in COMPUTE_DEVICES:
-        raise InvalidOption(f"--device {name!r} is not a device rnnlm computes on; use auto, cpu, cuda or cuda:N")
+    check_device_name(name)
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but torch sees no CUDA GPU here")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -403,7 +398,7 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
     reporter.start({"parameters": settings["parameters"], "device": str(device), "precision": settings["training"]["autocast"],
                     "steps_per_epoch": steps_per_epoch, "planned_steps": planned_steps, "max_time": config.max_time,
                     "output": str(output), "train_tokens": len(train_tokens), "resumed_at": run.step if resume else None,
-                    "processes": dist.world_size})
+                    "processes": dist.world_size, "tokenizer": corpus.tokenizer.kind})
     tensorboard = open_tensorboard(output) if writes and resume else None  # else once the directory exists
 
     started = time.perf_counter() - run.elapsed_s
@@ -424,7 +419,7 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
     def make_model_dir() -> None:
         nonlocal saved, tensorboard
         checkpoint.create_model_dir(output, model, corpus.tokenizer, settings, {"step": str(run.step)})
-        checkpoint.remember_latest(output)
+        project.record_latest(output)  # only now: a run killed before its first model changes no default
         tensorboard = open_tensorboard(output)
         saved = True
 
@@ -443,6 +438,7 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
             "train_loss": run.window_loss / run.window_steps if run.window_steps else None,
             "val_loss": val_loss, "val_bpc": val_loss * tokens_per_char / math.log(2),
             "val_ppl": math.exp(min(val_loss, 700)),
+            "val_word_ppl": units.word_perplexity(val_loss, valid_counts.tokens, valid_counts.words),
             "lr": optimizer.param_groups[0]["lr"],
             "tokens_per_s": window_tokens * dist.world_size / max(1e-9, now - window_start),
             "elapsed_s": now - started,
@@ -491,9 +487,8 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
         tensors = {f"rng.cpu.{rank}": state.clone() for rank, state in enumerate(generators)}
         if device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-        if carried is not None:
-            parts = carried if isinstance(carried, tuple) else (carried,)
-            tensors |= {f"carried.{i}": dist.gather(part, 1).cpu() for i, part in enumerate(parts)}
+        if carried is not None:  # the state tuple, one tensor each, batch rows on axis 1
+            tensors |= {f"carried.{i}": dist.gather(part, 1).cpu() for i, part in enumerate(carried)}
         if average is not None:
             tensors |= {f"average.{name}": mean.cpu() for name, mean in average.means.items()}
             run.averaged_steps = average.steps
@@ -579,7 +574,9 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
         reporter.event(f"interrupted at step {run.step}; checkpoint saved: continue with --resume {output}")
         raise KeyboardInterrupt
     result = TrainResult(output, run.step, run.tokens, time.perf_counter() - started, run.best_val_loss,
-                         run.best_val_loss * tokens_per_char / math.log(2), stopped_because, history)
+                         run.best_val_loss * tokens_per_char / math.log(2), stopped_because, history,
+                         units.word_perplexity(run.best_val_loss, valid_counts.tokens, valid_counts.words),
+                         corpus.tokenizer.kind)
     reporter.finish(result)
     return result
 
@@ -607,8 +604,9 @@ def restore(saved: checkpoint.Checkpoint, model: RNNLanguageModel, optimizer: to
         torch.set_rng_state(rng)
     if device.type == "cuda" and "rng.cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng.cuda"], device)
-    parts = [tensors[key][:, local_rows].to(device) for key in sorted(k for k in tensors if k.startswith("carried."))]
-    carried: State | None = None if not parts else tuple(parts) if len(parts) > 1 else parts[0]  # type: ignore[assignment]
+    arity = len(model.initial_state(1))
+    parts = [tensors[f"carried.{i}"][:, local_rows].to(device) for i in range(arity) if f"carried.{i}" in tensors]
+    carried: State | None = tuple(parts) if len(parts) == arity else None
     means = {key.removeprefix("average."): tensor.to(device) for key, tensor in tensors.items() if key.startswith("average.")}
     average = WeightAverage(model, run.averaged_steps, means) if means else None
     return run, carried, average
@@ -647,9 +645,7 @@ def run_state_from(saved: checkpoint.Checkpoint) -> RunState:
 
 def checked_tensors(saved: checkpoint.Checkpoint, model: RNNLanguageModel, batch_size: int) -> dict[str, Tensor]:
     """rng.safetensors' tensors, checked against the run: generator states, carried state, weight means."""
-    expected_state = model.initial_state(batch_size)
-    parts = expected_state if isinstance(expected_state, tuple) else (expected_state,)
-    shapes = {f"carried.{i}": part.shape for i, part in enumerate(parts)}
+    shapes = {f"carried.{i}": part.shape for i, part in enumerate(model.initial_state(batch_size))}
     shapes |= {f"average.{name}": p.shape for name, p in model.named_parameters()}
     for name, tensor in saved.tensors.items():
         if name.startswith("rng."):
@@ -658,6 +654,9 @@ def checked_tensors(saved: checkpoint.Checkpoint, model: RNNLanguageModel, batch
                 raise saved.fault(checkpoint.CHECKPOINT_TENSORS, f"{name} is not a random generator state")
         elif shapes.get(name) != tensor.shape:
             raise saved.fault(checkpoint.CHECKPOINT_TENSORS, f"{name} does not fit the model and batch")
+    carried = [name in saved.tensors for name in shapes if name.startswith("carried.")]
+    if any(carried) and not all(carried):
+        raise saved.fault(checkpoint.CHECKPOINT_TENSORS, "holds only part of the carried recurrent state")
     return saved.tensors
 
 

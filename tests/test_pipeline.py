@@ -32,10 +32,11 @@ def test_prepare_train_sample_score_perplexity(tmp_path: Path, isolated_user_sta
     trained = run_cli("train", "prep", *TINY, cwd=tmp_path)
     assert trained.returncode == 0, trained
     assert trained.stdout == ""
-    models = list((tmp_path / "models").iterdir())
+    models = [path for path in (tmp_path / "models").iterdir() if path.is_dir()]
     assert len(models) == 1, models  # the default output goes under ./models
     model = models[0]
     assert (home / "latest").read_text(encoding="utf-8").strip() == str(model.resolve())
+    assert (tmp_path / "models" / "latest").read_text(encoding="utf-8") == model.name + "\n"  # the project's latest
     for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl"):
         assert (model / name).is_file(), name
     assert not [p for p in model.iterdir() if p.suffix in (".pt", ".pth", ".pkl", ".bin")]  # nothing pickled
