@@ -238,7 +238,7 @@ def train(
     Teacher forcing over stateful truncated back-propagation batches; the weights with the lowest
     validation loss are kept. The model directory (config.json, model.safetensors, tokenizer.json,
     metrics.jsonl with losses in nats per token), once it holds a model, becomes the latest one for sample,
-    score and perplexity: its project's (models/latest, when it lies in a models/ folder) and the user's.
+    score, perplexity and rescore: its project's (models/latest, when it lies in a models/ folder) and the user's.
     Regularisation: dropout on the embeddings, between layers and on the outputs (by default chosen
     from the corpus; locked on request); embedding dropout, weight dropout, AR and TAR (off unless
     asked for or set by a preset).
@@ -646,8 +646,8 @@ def models(
     directory: Annotated[Optional[Path], typer.Argument(help="A project directory (the one holding models/) or a folder of model directories (default: the current project's: where the nearest models/latest is, else ./models).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array, an object per model directory: path, valid, problem, being_trained, writer_pid, corpus, tokenizer, cell, layers, hidden_size, parameters, val_nats_per_token, val_word_ppl, val_bpc, natural_units, training_s, trained_at, roles, default, default_reason.")] = False,
 ) -> None:
-    """List a project's model directories and the user-wide latest, starring the one that sample, score and
-    perplexity use there without -m, and why.
+    """List a project's model directories and the user-wide latest, starring the one that sample, score,
+    perplexity and rescore use there without -m, and why.
 
     Each row gives the corpus, tokenizer, cell and size, parameters, the best validation figure in
     the model's natural unit (perplexity per word for word models, bits per character for
