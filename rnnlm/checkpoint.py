@@ -3,7 +3,7 @@
 Nothing in a model directory is unpickled: the optimiser state in checkpoint/ is read with
 torch.load(weights_only=True), which accepts only tensors and plain containers. A directory appears whole (built aside, then
 renamed into place) and each later update replaces one file atomically, so a reader
-never sees a half-written model. Which model `sample`, `score` and `perplexity` use without -m
+never sees a half-written model. Which model `sample`, `score`, `perplexity` and `rescore` use without -m
 is rnnlm.project's choice.
 """
 

@@ -37,10 +37,16 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", show_default=False, help=(
-    "Model directory. Without it: the directory RNNLM_MODEL names, else the current project's latest model (named by "
-    "the nearest models/latest from here upwards), else the user-wide latest ($RNNLM_HOME/latest); a line on stderr "
-    "then says which model answered. 'rnnlm models' lists them."))]
+MODEL_HELP = ("Model directory. Without it: the directory RNNLM_MODEL names, else the current project's latest model "
+              "(named by the nearest models/latest from here upwards), else the user-wide latest ($RNNLM_HOME/latest); a line "
+              "on stderr then says which model answered. 'rnnlm models' lists them.")
+ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", show_default=False, help=MODEL_HELP)]
+ModelsOption = Annotated[Optional[list[Path]], typer.Option(
+    "--model", "-m", show_default=False, help=MODEL_HELP + " Repeat to combine several models.")]
+WeightsOption = Annotated[Optional[str], typer.Option(
+    "--weights", show_default=False,
+    help="With several -m: comma-separated weights of the models' line log-probabilities, combined log-linearly "
+    "(default: equal weights that sum to one).")]
 QuietOption = Annotated[bool, typer.Option(
     "--quiet", "-q", envvar="RNNLM_QUIET", show_envvar=True,
     help="Do not name on stderr the model used when -m does not (warnings and errors still appear).")]
@@ -214,6 +220,7 @@ def train(
     precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = TrainConfig.precision,
     device: DeviceOption = "auto",
     random_seed: Annotated[int, typer.Option(min=0, max=MAX_RANDOM_SEED, help="Seed for weights, dropout and batching.")] = TrainConfig.random_seed,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Train a backward model: every line's tokens in reverse order, its end of line still last; score, perplexity and rescore reverse their input for it, sample writes the text before --seed.")] = False,
     tokenizer: TokenizerOption = None,
     vocab_size: VocabSizeOption = None,
     min_count: MinCountOption = 1,
@@ -231,7 +238,7 @@ def train(
     Teacher forcing over stateful truncated back-propagation batches; the weights with the lowest
     validation loss are kept. The model directory (config.json, model.safetensors, tokenizer.json,
     metrics.jsonl with losses in nats per token and peak memory in MiB), once it holds a model, becomes the latest one for sample,
-    score and perplexity: its project's (models/latest, when it lies in a models/ folder) and the user's.
+    score, perplexity and rescore: its project's (models/latest, when it lies in a models/ folder) and the user's.
     Regularisation: dropout on the embeddings, between layers and on the outputs (by default chosen
     from the corpus; locked on request); embedding dropout, weight dropout, AR and TAR (off unless
     asked for or set by a preset).
@@ -300,7 +307,8 @@ def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_
     model_config = default_model_config(corpus_data, timing["max_time"], **cell_settings, **{
         MODEL_SETTINGS.get(name, name): settings[name] for name in (
             "cell", "layers", "embedding_size", "hidden_size", "dropout", "input_dropout", "layer_dropout",
-            "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie")})
+            "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie",
+            "reverse")})
     train_model(corpus_data, output, model_config, training_config(settings, timing), TrainingDisplay())
 
 
@@ -381,6 +389,16 @@ def load_chosen(model: Optional[Path], device: str, quiet: bool) -> Any:
     return loaded
 
 
+def load_models(models: Optional[list[Path]], weights: Optional[str], device: str, quiet: bool) -> Any:
+    """The models of repeated -m (none: the one rnnlm.project chooses, named on stderr) and their weights,
+    checked before any loads (rnnlm.combination.Combination)."""
+    from rnnlm.combination import Combination, parse_weights
+
+    chosen: list[Optional[Path]] = list(models) if models else [None]
+    checked = parse_weights(weights, len(chosen))
+    return Combination([load_chosen(directory, device, quiet) for directory in chosen], checked)
+
+
 @app.command()
 @ends_quietly_on_closed_pipe
 def sample(
@@ -407,7 +425,8 @@ def sample(
     appears as it is generated, several are separated by an empty line, and a stop string that
     ends a sample is part of it. The logprob of --format jsonl is log P(generated tokens |
     end-of-line, seed) under the model: natural log (nats), summed over the generated tokens,
-    whatever the temperature or cut-offs.
+    whatever the temperature or cut-offs. A backward model (train --reverse) writes the text
+    before --seed instead, back to the start of its line at most, then the seed; --stop is refused.
     """
     from dataclasses import asdict
 
@@ -440,12 +459,13 @@ def sample(
         out.write(text)
         out.flush()
 
-    streams = num_samples == 1 and strategy != "beam"
+    backward = loaded.model.config.reverse  # writes the text before the seed
+    streams = num_samples == 1 and strategy != "beam" and not backward
     if streams:
         write_now(seed)
     for index, result in enumerate(generate(loaded.model, loaded.tokenizer, seed, config,
                                             on_text=write_now if streams else None)):
-        text = seed + result.text
+        text = result.text + seed if backward else seed + result.text
         separator = "\n" if index else ""  # an empty line between samples
         out.write(separator + ("" if streams else text) + ("" if text.endswith("\n") else "\n"))
 
@@ -454,7 +474,8 @@ def sample(
 @ends_quietly_on_closed_pipe
 def score(
     file: Annotated[str, typer.Argument(help="Text to score, one item per line; - for standard input.")] = "-",
-    model: ModelOption = None,
+    model: ModelsOption = None,
+    weights: WeightsOption = None,
     output_format: Annotated[Literal["tsv", "value", "jsonl", "kenlm"], typer.Option("--format", help="tsv: LOGPROB<TAB>LINE; value: the number alone (for paste); jsonl: one object per line (text, logprob, tokens, words, chars, oov); kenlm: 'Total: LOG10PROB OOV: N' lines and KenLM query's closing perplexity summary.")] = "tsv",
     log_base: Annotated[Literal["e", "2", "10"], typer.Option(help="Base of the logarithms printed (the kenlm format is always base 10).")] = "e",
     per_token: Annotated[bool, typer.Option("--per-token", help="Add each token's log-probability: jsonl keys token_logprobs and pieces; tab-indented PIECE<TAB>LOGPROB rows under each tsv/value line; KenLM's PIECE=ID 0 LOG10PROB fields.")] = False,
@@ -470,18 +491,22 @@ def score(
 
     One output line per input line, in input order, empty lines included; a line of unknown tokens
     gets a score too. Invalid UTF-8 (without --encoding-errors replace) stops with an error after
-    the lines before it are written. An empty input prints nothing.
+    the lines before it are written. An empty input prints nothing. With several -m, a line's
+    score is the weighted sum of the models' scores; tokens and OOV are counted by the first model.
     """
     import time
 
+    from rnnlm.combination import combined_line_scores
     from rnnlm.fileio import iter_line_batches, iter_text_chunks, open_binary_input
     from rnnlm.formats import ScoreWriter, split_utterance_ids, summary_line
-    from rnnlm.scoring import Perplexity, score_lines
+    from rnnlm.scoring import Perplexity
 
     if utt_id and output_format == "kenlm":
         raise typer.BadParameter("KenLM's format has no place for identifiers", param_hint="'--utt-id'")
-    loaded = load_chosen(model, device, quiet)
-    writer = ScoreWriter(sys.stdout, loaded.tokenizer, output_format, log_base, per_token)
+    if per_token and model and len(model) > 1:
+        raise typer.BadParameter("token log-probabilities belong to one model; give one -m", param_hint="'--per-token'")
+    models = load_models(model, weights, device, quiet)
+    writer = ScoreWriter(sys.stdout, models.first.tokenizer, output_format, log_base, per_token)
     totals = Perplexity("independent-lines")
     started = time.perf_counter()
     name = "<stdin>" if file == "-" else file
@@ -489,7 +514,7 @@ def score(
         chunks = iter_text_chunks(stream, name, encoding_errors, 1 << 20, by_line=unbuffered)
         for lines in iter_line_batches(chunks, 1 if unbuffered else chunk_lines):
             ids, texts = split_utterance_ids(lines) if utt_id else ([None] * len(lines), lines)
-            for text, identifier, result in zip(texts, ids, score_lines(loaded.model, loaded.tokenizer, texts, per_token)):
+            for text, identifier, result in zip(texts, ids, combined_line_scores(models, texts, per_token)):
                 writer.write(text, result, identifier)
                 totals.add_line(result)
             sys.stdout.flush()
@@ -502,7 +527,8 @@ def score(
 @ends_quietly_on_closed_pipe
 def perplexity(
     file: Annotated[str, typer.Argument(help="Text file to measure; - for standard input.", show_default=False)],
-    model: ModelOption = None,
+    model: ModelsOption = None,
+    weights: WeightsOption = None,
     independent_lines: Annotated[bool, typer.Option("--independent-lines", help="Score each line from a fresh state (equals the sum of 'rnnlm score'); default: one running stream.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: mode, tokens, words, chars, lines, oov, nll (total, nats), ppl (per token), word_ppl, bpc, ppl_excluding_oov, tokens_excluding_oov, nats_per_token.")] = False,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic evaluation (Krause et al. 2018): after scoring each segment of the stream, take one SGD step on it, so the model adapts to the text as it reads. Off by default.")] = False,
@@ -517,20 +543,25 @@ def perplexity(
 
     Tokens include one end-of-line token per line; words are whitespace words plus one per line
     end; characters are Unicode code points, newlines included. Out-of-vocabulary tokens count
-    in the main figures; a per-token perplexity without them is shown beside.
+    in the main figures; a per-token perplexity without them is shown beside. With several -m,
+    the total NLL is the weighted sum of the models' NLLs; tokens and OOV are the first model's.
     """
+    from rnnlm.combination import combined_perplexity
     from rnnlm.display import perplexity_table
     from rnnlm.fileio import iter_text_chunks, open_binary_input
-    from rnnlm.scoring import perplexity as measure
+    from rnnlm.scoring import PerplexityMeter
 
     adaptation = DynamicEvaluation(dynamic_lr, dynamic_decay, dynamic_segment) if dynamic else None
     if adaptation is not None:
         adaptation.validate()
-    loaded = load_chosen(model, device, quiet)
+    models = load_models(model, weights, device, quiet)
+    meters = [PerplexityMeter(m.model, m.tokenizer, independent_lines, adaptation) for m in models.models]
     name = "<stdin>" if file == "-" else file
     with open_binary_input(file) as stream:
-        result = measure(loaded.model, loaded.tokenizer, iter_text_chunks(stream, name, encoding_errors), independent_lines,
-                         adaptation)
+        for text in iter_text_chunks(stream, name, encoding_errors):
+            for meter in meters:
+                meter.add(text)
+    result = combined_perplexity([meter.finish() for meter in meters], models.weights)
     if result.tokens == 0:
         raise UserError(f"{name}: is empty; nothing to measure")
     report = result.to_dict()
@@ -544,12 +575,79 @@ def perplexity(
 
 @app.command()
 @ends_quietly_on_closed_pipe
+def rescore(
+    nbest: Annotated[str, typer.Argument(help="N-best list: utt-id<TAB>first-pass-score<TAB>hypothesis per line, the hypotheses of an utterance on consecutive lines; - for standard input.")] = "-",
+    model: ModelsOption = None,
+    weights: WeightsOption = None,
+    lm_weight: Annotated[float, typer.Option(help="Weight of the LM log-probability (nats) in the new score.")] = 1.0,
+    word_penalty: Annotated[float, typer.Option(help="Added to the new score once per whitespace word of the hypothesis.")] = 0.0,
+    every_hypothesis: Annotated[bool, typer.Option("--all", help="Print every hypothesis in input order: utt-id, first-pass score, LM log-prob, new score, new rank, hypothesis.")] = False,
+    input_format: Annotated[Literal["tsv", "kaldi"], typer.Option("--format", help="tsv: utt-id<TAB>first-pass-score<TAB>hypothesis; kaldi: Kaldi's n-best text, utt-id-N then the words, with --costs.")] = "tsv",
+    costs: Annotated[Optional[str], typer.Option(help="With --format kaldi: the costs file, 'utt-id-N COST' on the line of each hypothesis (lower is better; first-pass score = -COST).", show_default=False)] = None,
+    tune: Annotated[Optional[Path], typer.Option(help="References, utt-id<TAB>reference text: choose --lm-weight and --word-penalty on a grid to minimise the word error rate, print a table of WER and sentence error rate on stderr, then rescore with the chosen values (holds every n-best list in memory).", show_default=False)] = None,
+    device: DeviceOption = "auto",
+    encoding_errors: EncodingErrorsOption = "strict",
+    quiet: QuietOption = False,
+) -> None:
+    """Rescore n-best lists: new score = first-pass + lm-weight x LM log-prob + word-penalty x words.
+
+    The LM log-prob is the line score of 'rnnlm score' (natural log, end of line included;
+    several -m combine as there). For each utterance, in input order, prints
+    utt-id<TAB>best hypothesis (ties: the earlier line). Input is streamed; utterances are
+    batched for the model, and those before a malformed line are written before the error.
+    """
+    from rnnlm.combination import line_logprobs
+    from rnnlm.display import rescoring_progress
+    from rnnlm.fileio import iter_text_chunks, open_binary_input
+    from rnnlm.rescoring import RescoreSettings, group_utterances, read_kaldi, read_tsv, rescore as rescore_lists, write_results
+
+    settings = RescoreSettings(lm_weight, word_penalty)
+    settings.validate()
+    if tune is not None and (lm_weight, word_penalty) != (1.0, 0.0):
+        raise typer.BadParameter("--tune chooses --lm-weight and --word-penalty itself", param_hint="'--tune'")
+    if (input_format == "kaldi") != (costs is not None):
+        raise typer.BadParameter("--format kaldi and --costs go together", param_hint="'--costs'")
+    if costs == "-" and nbest == "-":
+        raise typer.BadParameter("the n-best list and the costs cannot both be standard input", param_hint="'--costs'")
+    models = load_models(model, weights, device, quiet)
+    name = "<stdin>" if nbest == "-" else nbest
+    with open_binary_input(nbest) as stream, open_binary_input(costs or os.devnull) as cost_stream:
+        chunks = iter_text_chunks(stream, name, encoding_errors)
+        if costs is None:
+            hypotheses = read_tsv(chunks, name)
+        else:
+            costs_name = "<stdin>" if costs == "-" else costs
+            hypotheses = read_kaldi(chunks, iter_text_chunks(cost_stream, costs_name, encoding_errors), name, costs_name)
+        utterances = group_utterances(hypotheses, name)
+        rescored = rescoring_progress(rescore_lists(utterances, functools.partial(line_logprobs, models), settings))
+        if tune is not None:
+            rescored = _tuned(rescored, tune, encoding_errors)
+        for results in rescored:
+            write_results(sys.stdout, results, every_hypothesis)
+
+
+def _tuned(rescored: Any, references: Path, encoding_errors: str) -> Any:
+    """Rescored utterances re-ranked with the settings tuned on `references`; the table on stderr."""
+    from rnnlm.fileio import iter_text_chunks, open_binary_input
+    from rnnlm.tuning import read_references, tune
+
+    with open_binary_input(str(references)) as stream:
+        texts = read_references(iter_text_chunks(stream, str(references), encoding_errors), str(references))
+    chosen, table, ranked = tune(rescored, texts, str(references))
+    for row in table:
+        typer.echo(row, err=True)
+    typer.echo(f"chosen: --lm-weight {chosen.lm_weight:g} --word-penalty {chosen.word_penalty:g}", err=True)
+    return ranked
+
+
+@app.command()
+@ends_quietly_on_closed_pipe
 def models(
     directory: Annotated[Optional[Path], typer.Argument(help="A project directory (the one holding models/) or a folder of model directories (default: the current project's: where the nearest models/latest is, else ./models).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array, an object per model directory: path, valid, problem, being_trained, writer_pid, corpus, tokenizer, cell, layers, hidden_size, parameters, val_nats_per_token, val_word_ppl, val_bpc, natural_units, training_s, trained_at, roles, default, default_reason.")] = False,
 ) -> None:
-    """List a project's model directories and the user-wide latest, starring the one that sample, score and
-    perplexity use there without -m, and why.
+    """List a project's model directories and the user-wide latest, starring the one that sample, score,
+    perplexity and rescore use there without -m, and why.
 
     Each row gives the corpus, tokenizer, cell and size, parameters, the best validation figure in
     the model's natural unit (perplexity per word for word models, bits per character for

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -153,6 +154,25 @@ def perplexity_table(report: dict[str, Any], source: str) -> Table:
     table.add_row("total NLL", f"{report['nll']:.2f}", "nats")
     table.add_row("out of vocabulary", f"{report['oov']:,}", f"tokens; perplexity per token without them {report['ppl_excluding_oov']:.3f}")
     return table
+
+
+def rescoring_progress(rescored: Iterable[Sequence[Any]], console: Console = stderr) -> Iterator[Sequence[Any]]:
+    """The rescored utterances, passed through; on a terminal, a running count of them on stderr
+    (updated at most five times a second, cleared at the end), as n-best lists can be long."""
+    if not console.is_terminal:
+        yield from rescored
+        return
+    utterances = hypotheses = 0
+    shown = 0.0
+    for results in rescored:
+        utterances += 1
+        hypotheses += len(results)
+        if time.monotonic() - shown > 0.2:
+            console.file.write(f"\rrnnlm rescore: {utterances:,} utterances, {hypotheses:,} hypotheses")
+            console.file.flush()
+            shown = time.monotonic()
+        yield results
+    console.file.write(f"\rrnnlm rescore: {utterances:,} utterances, {hypotheses:,} hypotheses rescored\n")
 
 
 def models_table(listed: list[Any], folder: str) -> Table:

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from rnnlm.config import SamplingConfig
+from rnnlm.direction import encode_directed
+from rnnlm.errors import InvalidOption
 from rnnlm.model import RNNLanguageModel, State, select_state
 from rnnlm.scoring import time_window
-from rnnlm.slices import encode_slices, slice_text, token_windows
+from rnnlm.slices import slice_text, token_windows
 from rnnlm.tokenizers import Tokenizer
 
 
@@ -127,7 +129,8 @@ def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_
 
 
 def prime(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str) -> tuple[torch.Tensor, State, int]:
-    """Run the end-of-line context and the seed through the model: last logits, state and token.
+    """Run the end-of-line context and the seed (last token first, for a backward model) through
+    the model: last logits, state and token.
 
     The seed goes in windows, a slice of its text at a time, so that a long seed holds one
     window of logits rather than a distribution for every one of its tokens."""
@@ -135,7 +138,7 @@ def prime(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str) -> tupl
     logits, state = model(torch.tensor([[tokenizer.eol_id]], device=device))
     last_token = tokenizer.eol_id
     window = time_window(1, model.config.vocab_size)
-    for block in token_windows(encode_slices(tokenizer, seed_text), tokenizer.eol_id, window):
+    for block in token_windows(encode_directed(tokenizer, seed_text, model.config.reverse), tokenizer.eol_id, window):
         logits, state = model(torch.from_numpy(block[1:])[None].to(device), state)
         last_token = int(block[-1])
     return logits[:, -1], state, last_token
@@ -159,18 +162,53 @@ def generate(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str, conf
     """Continuations of `seed_text`: greedy or sampled ones in order, or a beam search's best first.
 
     With greedy decoding or sampling, `on_text` receives the first sample's text as it is generated,
-    each part once it is final (a partial UTF-8 character waits for its last byte).
+    each part once it is final (a partial UTF-8 character waits for its last byte). A backward
+    model writes the text before the seed instead (see _generate_backward).
     """
     config.validate()
     model.eval()
+    if model.config.reverse:
+        return _generate_backward(model, tokenizer, seed_text, config)
     logits, state, last_token = prime(model, tokenizer, seed_text)
     continuations = Continuations(tokenizer, config.stop_strings, stream=on_text is not None, context_token=last_token)
+    hypotheses = _search(model, logits, state, config, continuations, on_text)
+    return [continuations.sample(h, config.length_penalty) for h in hypotheses]
+
+
+def _generate_backward(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str,
+                       config: SamplingConfig) -> list[Sample]:
+    """The text before the seed, in reading order, back to the start of its line at most.
+
+    A backward model reads a line last token first, and after the line's start (its end-of-line
+    token) comes the next line of the corpus, not the one before: so every sample ends at its
+    first end of line, which is not part of its text. Stop strings, matched on text as it is
+    written forward, have no meaning here; nothing can be shown before the sample is complete.
+    """
+    if config.stop:
+        raise InvalidOption("--stop: a backward model writes right to left, back to the start of the line; "
+                            "stop strings are not matched for it")
+    config = replace(config, until_eol=True)
+    logits, state, last_token = prime(model, tokenizer, seed_text)
+    continuations = Continuations(tokenizer, config.stop_strings, stream=False, context_token=last_token)
+    hypotheses = _search(model, logits, state, config, continuations, None)
+    seed_ids = list(tokenizer.encode(seed_text))
+    seed_length = len(tokenizer.decode(seed_ids))
+    samples = []
+    for hypothesis in hypotheses:
+        before = [t for t in reversed(hypothesis.tokens) if t != tokenizer.eol_id]  # at most the one, generated last
+        text = tokenizer.decode(before + seed_ids)
+        score = length_normalised(hypothesis.logprob, len(hypothesis.tokens), config.length_penalty)
+        samples.append(Sample(text[:len(text) - seed_length], list(hypothesis.tokens), hypothesis.logprob, score,
+                              hypothesis.stopped))
+    return samples
+
+
+def _search(model: RNNLanguageModel, logits: torch.Tensor, state: State, config: SamplingConfig,
+            continuations: Continuations, on_text: Callable[[str], None] | None) -> list[Hypothesis]:
     with _onednn_off():
         if config.strategy == "beam":
-            hypotheses = _beam_search(model, logits, state, config, continuations)
-        else:
-            hypotheses = _sample(model, logits, state, config, continuations, on_text)
-    return [continuations.sample(h, config.length_penalty) for h in hypotheses]
+            return _beam_search(model, logits, state, config, continuations)
+        return _sample(model, logits, state, config, continuations, on_text)
 
 
 @contextmanager

@@ -44,6 +44,7 @@ class ModelConfig:
     temporal_penalty: float = 0.0  # TAR: beta * mean((h_t - h_{t-1}) ** 2) on the raw top output
     init_range: Optional[float] = None  # every weight uniform in ±init_range (None: torch's defaults)
     softmax_head: Optional[int] = None  # tokens 0..head-1 in the first level of a clustered softmax (None: one softmax)
+    reverse: bool = False  # a backward model: reads each line's tokens last to first, end-of-line still last (rnnlm.direction)
     mogrifier_rounds: int = 5  # the mogrifier cell: rounds of mutual gating before each LSTM step
     attention_memory: int = 64  # the sru++ cell: positions each token attends to (itself and those before it)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import torch
@@ -18,10 +19,11 @@ import torch.nn.functional as F
 
 from rnnlm.config import DynamicEvaluation
 from rnnlm.data import TextCounts
+from rnnlm.direction import encode_directed
 from rnnlm.errors import UserError
 from rnnlm.fileio import split_lines
 from rnnlm.model import RNNLanguageModel, State, detach_state
-from rnnlm.slices import SLICE_CHARS, count_words_sliced, encode_line_slices, encode_slices, slice_text, token_windows
+from rnnlm.slices import SLICE_CHARS, count_words_sliced, encode_slices, slice_text, token_windows
 from rnnlm.tokenizers import Tokenizer, count_words
 
 LOGIT_BUDGET = 1 << 22  # floats of logits held at once while scoring
@@ -92,9 +94,15 @@ def stream_totals(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window
     return totals, state
 
 
-def encode_line(tokenizer: Tokenizer, line: str) -> np.ndarray:
-    """A line's tokens followed by its end-of-line token."""
-    return np.append(tokenizer.encode(line), tokenizer.eol_id)
+def encode_line(tokenizer: Tokenizer, line: str, reverse: bool = False) -> np.ndarray:
+    """A line's tokens (last to first for a backward model) followed by its end-of-line token."""
+    return np.concatenate(list(_line_slices(tokenizer, line, reverse)))
+
+
+def _line_slices(tokenizer: Tokenizer, line: str, reverse: bool) -> Iterator[np.ndarray]:
+    """A line's tokens slice by slice, as a model of that direction reads them, then its end-of-line token."""
+    yield from encode_directed(tokenizer, line, reverse)
+    yield np.array([tokenizer.eol_id], dtype=np.int64)
 
 
 @torch.inference_mode()
@@ -108,7 +116,7 @@ def score_lines(model: RNNLanguageModel, tokenizer: Tokenizer, lines: Sequence[s
         if len(line) > SLICE_CHARS:
             scores[index] = score_long_line(model, tokenizer, line, detail)
         else:
-            encoded[index] = encode_line(tokenizer, line)
+            encoded[index] = encode_line(tokenizer, line, model.config.reverse)
     order = sorted(encoded, key=lambda i: len(encoded[i]))
     for batch in _length_batches(order, encoded):
         for index, line_logprobs in zip(batch, _score_batch(model, [encoded[i] for i in batch], tokenizer.eol_id)):
@@ -139,7 +147,7 @@ def score_long_line(model: RNNLanguageModel, tokenizer: Tokenizer, line: str, de
     state: State | None = None
     ids: list[np.ndarray] = []
     logprobs: list[np.ndarray] = []
-    for block in token_windows(encode_line_slices(tokenizer, line), tokenizer.eol_id, window):
+    for block in token_windows(_line_slices(tokenizer, line, model.config.reverse), tokenizer.eol_id, window):
         tensor = torch.from_numpy(block).to(device)[None]
         values, state = model(tensor[:, :-1], state, targets=tensor[:, 1:])
         values = values[0].cpu().double().numpy()
@@ -256,23 +264,18 @@ class _DynamicScorer:
         self.settings = settings
         self.trained = [p.detach().clone() for p in model.parameters()]
 
-    def score(self, segments: Iterable[np.ndarray], unk_id: int) -> NLLTotals:
-        """Totals of the stream given as segments, each its context token and then its targets."""
-        device = self.model.embedding.weight.device
-        totals = NLLTotals()
-        state: State | None = None
-        for block in segments:
-            segment = torch.from_numpy(block).to(device)[None]
-            with torch.enable_grad():
-                logprobs, state = self.model(segment[:, :-1], state, targets=segment[:, 1:])
-                self.model.zero_grad(set_to_none=True)
-                (-logprobs.mean()).backward()
-            self._step()
-            logprobs = logprobs.detach()
-            unknown = segment[:, 1:] == unk_id
-            totals.add(NLLTotals(-logprobs.sum().item(), logprobs.numel(), int(unknown.sum()), -logprobs[unknown].sum().item()))
-            state = detach_state(state)
-        return totals
+    def score(self, block: np.ndarray, state: State | None, unk_id: int) -> tuple[NLLTotals, State]:
+        """Totals of one segment (its context token, then its targets), then one adaptation step."""
+        segment = torch.from_numpy(block).to(self.model.embedding.weight.device)[None]
+        with torch.enable_grad():
+            logprobs, state = self.model(segment[:, :-1], state, targets=segment[:, 1:])
+            self.model.zero_grad(set_to_none=True)
+            (-logprobs.mean()).backward()
+        self._step()
+        logprobs = logprobs.detach()
+        unknown = segment[:, 1:] == unk_id
+        totals = NLLTotals(-logprobs.sum().item(), logprobs.numel(), int(unknown.sum()), -logprobs[unknown].sum().item())
+        return totals, detach_state(state)
 
     @torch.no_grad()
     def _step(self) -> None:
@@ -283,27 +286,22 @@ class _DynamicScorer:
                 parameter.add_(self.settings.decay * (trained - parameter))
 
 
-def _window_totals(model: RNNLanguageModel, windows: Iterable[np.ndarray], unk_id: int) -> NLLTotals:
-    """Totals of a stream given as windows, each its context token and then its targets, state carried."""
-    totals = NLLTotals()
-    state: State | None = None
-    for block in windows:
-        block_totals, state = stream_totals(model, block[1:], 1, len(block) - 1, int(block[0]), state, unk_id)
-        totals.add(block_totals)
-    return totals
-
-
-def _counted_tokens(tokenizer: Tokenizer, chunks: Iterable[str], result: Perplexity) -> Iterator[np.ndarray]:
-    """The tokens of text chunks a slice at a time, every line ended by its end-of-line token (the
-    last line too, with or without its newline); the text is counted into `result` on the way."""
-    for text in chunks:
-        if not text:
-            continue
-        for piece in slice_text(text):
-            result.add_text(piece)
+def _counted_tokens(tokenizer: Tokenizer, text: str, result: Perplexity, reverse: bool) -> Iterator[np.ndarray]:
+    """The tokens of a text chunk a slice at a time, every line ended by its end-of-line token (the
+    last line too, with or without its newline; a backward model's lines read last token first);
+    the text is counted into `result` on the way."""
+    if not text:
+        return
+    for piece in slice_text(text):
+        result.add_text(piece)
+    if reverse:
+        for line in split_lines(text):
+            yield from _line_slices(tokenizer, line, reverse)
+    else:
         yield from encode_slices(tokenizer, text)
-        if not text.endswith("\n"):
-            result.add_text("\n")
+    if not text.endswith("\n"):
+        result.add_text("\n")
+        if not reverse:
             yield np.array([tokenizer.eol_id], dtype=np.int64)
 
 
@@ -316,18 +314,58 @@ def perplexity(model: RNNLanguageModel, tokenizer: Tokenizer, chunks: Iterable[s
     `dynamic`, the model (a copy is not made: the caller's model adapts) learns as it reads.
     Either way a slice of text and a window of tokens are held at a time, however long a line.
     """
-    if dynamic is not None and independent_lines:
-        raise UserError("dynamic evaluation reads the text as one stream; it does not combine with --independent-lines")
-    result = Perplexity("independent-lines" if independent_lines else "dynamic-stream" if dynamic else "stream")
-    if independent_lines:
-        for text in chunks:
-            for score in score_lines(model, tokenizer, split_lines(text)):
-                result.add_line(score)
-        return result
-    window = dynamic.segment if dynamic is not None else time_window(1, model.config.vocab_size)
-    windows = token_windows(_counted_tokens(tokenizer, chunks, result), tokenizer.eol_id, window)
-    if dynamic is not None:
-        result.add_totals(_DynamicScorer(model, dynamic).score(windows, tokenizer.unk_id))
-    else:
-        result.add_totals(_window_totals(model, windows, tokenizer.unk_id))
-    return result
+    meter = PerplexityMeter(model, tokenizer, independent_lines, dynamic)
+    for text in chunks:
+        meter.add(text)
+    return meter.finish()
+
+
+class PerplexityMeter:
+    """Totals of a text fed chunk by chunk, so several models can read one stream side by side.
+
+    Between chunks the tokens of an unfinished window wait, so that the windows fall where they
+    would on the whole text at once (rnnlm.slices.token_windows) and the totals do not depend on
+    where the input was cut into chunks."""
+
+    def __init__(self, model: RNNLanguageModel, tokenizer: Tokenizer, independent_lines: bool = False,
+                 dynamic: DynamicEvaluation | None = None) -> None:
+        if dynamic is not None and independent_lines:
+            raise UserError("dynamic evaluation reads the text as one stream; it does not combine with --independent-lines")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.independent_lines = independent_lines
+        self.result = Perplexity("independent-lines" if independent_lines else "dynamic-stream" if dynamic else "stream")
+        self.scorer = _DynamicScorer(model, dynamic) if dynamic is not None else None
+        self.window = dynamic.segment if dynamic is not None else time_window(1, model.config.vocab_size)
+        self.state: State | None = None
+        self.pending = np.array([tokenizer.eol_id], dtype=np.int64)  # context token, then unscored tokens
+
+    def add(self, text: str) -> None:
+        """Score a chunk that ends on a line boundary (or ends the text)."""
+        if self.independent_lines:
+            for score in score_lines(self.model, self.tokenizer, split_lines(text)):
+                self.result.add_line(score)
+            return
+        pieces = chain([self.pending[1:]], _counted_tokens(self.tokenizer, text, self.result, self.model.config.reverse))
+        for block in token_windows(pieces, int(self.pending[0]), self.window):
+            if len(block) <= self.window:  # the last, unfinished window: it waits for the next chunk
+                self.pending = block.copy()
+                return
+            self._score(block)
+            self.pending = block[-1:].copy()
+
+    def finish(self) -> Perplexity:
+        """The totals, once the last unfinished window is scored."""
+        if len(self.pending) > 1:
+            self._score(self.pending)
+            self.pending = self.pending[-1:]
+        return self.result
+
+    def _score(self, block: np.ndarray) -> None:
+        """One window, the state carried from the one before."""
+        unk_id = self.tokenizer.unk_id
+        if self.scorer is not None:
+            totals, self.state = self.scorer.score(block, self.state, unk_id)
+        else:
+            totals, self.state = stream_totals(self.model, block[1:], 1, len(block) - 1, int(block[0]), self.state, unk_id)
+        self.result.add_totals(totals)

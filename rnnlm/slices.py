@@ -56,12 +56,6 @@ def encode_slices(tokenizer: Tokenizer, text: str, size: int = SLICE_CHARS) -> I
         yield tokenizer.encode(piece)
 
 
-def encode_line_slices(tokenizer: Tokenizer, line: str, size: int = SLICE_CHARS) -> Iterator[np.ndarray]:
-    """A line's tokens slice by slice, then its end-of-line token."""
-    yield from encode_slices(tokenizer, line, size)
-    yield np.array([tokenizer.eol_id], dtype=np.int64)
-
-
 def count_words_sliced(text: str, size: int = SLICE_CHARS) -> int:
     """count_words(text) a slice at a time: whole, it builds arrays several times the text's size."""
     return sum(count_words(piece) for piece in slice_text(text, size))

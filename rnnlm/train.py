@@ -29,6 +29,7 @@ from torch import Tensor
 from rnnlm import checkpoint, outputs, project, units
 from rnnlm.config import TrainConfig, check_device_name
 from rnnlm.data import PreparedCorpus, mean_window_length, stream_batches, variable_window_length
+from rnnlm.direction import reversed_corpus
 from rnnlm.errors import UserError
 from rnnlm.model import (
     ModelConfig,
@@ -328,6 +329,8 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
     the gradients; all ranks evaluate, rank 0 writes.
     """
     config.validate()
+    if model_config.reverse:
+        corpus = reversed_corpus(corpus)
     if Distributed.from_environment().rank != 0:
         return _train(corpus, output, model_config, config, reporter, resume)
     with outputs.claimed(output, checkpoint.MODEL_DIRECTORY) as target:

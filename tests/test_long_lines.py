@@ -11,6 +11,7 @@ measured in benchmarks/long_lines.py.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -200,6 +201,53 @@ def test_dynamic_evaluation_reads_the_same_segments_however_the_text_is_chunked(
     chunked = perplexity(copy.deepcopy(random_model(tokenizer)), tokenizer, [text[:cut], text[cut:]], dynamic=settings)
     assert whole.tokens == chunked.tokens == len(tokenizer.encode(text))
     assert whole.nll == chunked.nll
+
+
+# ---------------------------------------------------------------------------------------
+# Backward models (train --reverse) read long lines in slices too
+
+
+def backward(model: RNNLanguageModel) -> RNNLanguageModel:
+    """The same weights, reading each line last token first."""
+    reverse = RNNLanguageModel(dataclasses.replace(model.config, reverse=True)).eval()
+    reverse.load_state_dict(model.state_dict())
+    return reverse
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_a_backward_model_reads_a_long_line_as_a_forward_model_reads_its_tokens_reversed(tokenizers, kind: str) -> None:
+    tokenizer = tokenizers[kind]
+    forward = random_model(tokenizer)
+    model = backward(forward)
+    lines = ["the cat sat", long_line(2 * SLICE_CHARS + 300, seed=15), "", "x  y"]
+    reversed_ids = [np.append(tokenizer.encode(line)[::-1], tokenizer.eol_id) for line in lines]
+    assert [encode_line(tokenizer, line, reverse=True).tolist() for line in lines] == [i.tolist() for i in reversed_ids]
+    scores = score_lines(model, tokenizer, lines, detail=True)
+    with torch.inference_mode():
+        reference = [_score_batch(forward, [ids], tokenizer.eol_id)[0] for ids in reversed_ids]
+    for score, ids, expected in zip(scores, reversed_ids, reference):
+        assert score.token_ids == ids.tolist()
+        np.testing.assert_allclose(score.token_logprobs, expected, rtol=1e-6, atol=1e-9)
+    stream, _ = stream_totals(forward, np.concatenate(reversed_ids), 1, 512, tokenizer.eol_id, unk_id=tokenizer.unk_id)
+    text = "".join(line + "\n" for line in lines)
+    cut = text.index("\n", len(text) // 2) + 1
+    for chunks in ([text], [text[:cut], text[cut:]], [text.rstrip("\n")]):
+        result = perplexity(model, tokenizer, chunks)
+        assert (result.tokens, result.oov) == (stream.tokens, stream.oov)
+        assert math.isclose(result.nll, stream.nll, rel_tol=1e-6)
+
+
+def test_a_backward_model_primes_on_a_long_seed_read_last_token_first(tokenizers) -> None:
+    tokenizer = tokenizers["char"]
+    forward = random_model(tokenizer)
+    seed = long_line(SLICE_CHARS + 77, seed=16)
+    with torch.inference_mode():
+        logits, state, last = prime(backward(forward), tokenizer, seed)
+        ids = torch.from_numpy(np.concatenate([[tokenizer.eol_id], tokenizer.encode(seed)[::-1]]).astype(np.int64))[None]
+        whole_logits, whole_state = forward(ids)
+    assert last == int(ids[0, -1])
+    torch.testing.assert_close(logits, whole_logits[:, -1])
+    torch.testing.assert_close(state, whole_state)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,151 @@
+"""N-best rescoring on PTB: word error rate of first pass, forward, backward, forward + backward, oracle.
+
+N-best lists are made from PTB test sentences: every reference yields --hypotheses corruptions
+(word substitutions, insertions and deletions drawn from the training words, by frequency; some
+hypotheses are left intact), and a first-pass score that favours fewer errors only noisily:
+-ERROR_WEIGHT x errors + normal noise of NOISE standard deviation. A forward and a backward
+(`train --reverse`) PTB model are trained for --minutes each; `rnnlm rescore --all` gives every
+hypothesis its LM log-prob under each. --lm-weight and --word-penalty are tuned (rnnlm.tuning's
+grid) on the first half of the utterances and the WER is reported on the other half. The speed
+row compares `rnnlm rescore` with `rnnlm score` on the same hypothesis texts, same model, same run.
+
+    python benchmarks/rescoring.py [--minutes 3] [--sentences 600] [--corpora ../shared/corpora]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import DEFAULT_CORPORA, write_markdown
+from rnnlm.rescoring import Hypothesis
+from rnnlm.tuning import Tuner
+
+ERROR_WEIGHT = 1.0
+NOISE = 4.0
+
+
+def corrupt(words: list[str], vocabulary: list[str], rng: random.Random) -> list[str]:
+    """The sentence with a random number of substitutions, insertions and deletions (possibly none)."""
+    result = list(words)
+    for _ in range(rng.choice([0, 1, 1, 2, 2, 3, 4, 5])):
+        kind = rng.choice(["substitute", "insert", "delete"])
+        at = rng.randrange(len(result) + (kind == "insert")) if result or kind == "insert" else None
+        if at is None:
+            continue
+        if kind == "substitute":
+            result[at] = rng.choice(vocabulary)
+        elif kind == "insert":
+            result.insert(at, rng.choice(vocabulary))
+        else:
+            del result[at]
+    return result
+
+
+def make_nbest(references: list[str], vocabulary: list[str], per_sentence: int, seed: int) -> list[str]:
+    from rnnlm.tuning import word_errors
+
+    rng = random.Random(seed)
+    lines = []
+    for index, reference in enumerate(references):
+        words = reference.split()
+        for _ in range(per_sentence):
+            hypothesis = corrupt(words, vocabulary, rng)
+            first_pass = -ERROR_WEIGHT * word_errors(hypothesis, words) + rng.gauss(0.0, NOISE)
+            lines.append(f"s{index:05d}\t{first_pass:.4f}\t{' '.join(hypothesis)}")
+    return lines
+
+
+def rnnlm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rnnlm", *args], check=True, capture_output=True, text=True)
+
+
+def lm_logprobs(model: Path, nbest: Path) -> tuple[list[float], float]:
+    """Every hypothesis's LM log-prob (the --all column) and the seconds `rnnlm rescore` took."""
+    started = time.perf_counter()
+    rows = rnnlm("rescore", str(nbest), "-m", str(model), "--all", "--device", "cpu").stdout.splitlines()
+    return [float(row.split("\t")[2]) for row in rows], time.perf_counter() - started
+
+
+def score_seconds(model: Path, texts: Path) -> float:
+    started = time.perf_counter()
+    rnnlm("score", str(texts), "-m", str(model), "--format", "value", "--device", "cpu")
+    return time.perf_counter() - started
+
+
+def split_tuners(lines: list[str], logprobs: list[float], references: dict[str, str]) -> tuple[Tuner, Tuner]:
+    """Tuners for the first half of the utterances (tuning) and the second (evaluation)."""
+    groups: dict[str, list[tuple[Hypothesis, float]]] = {}
+    for line, logprob in zip(lines, logprobs):
+        utt, score, text = line.split("\t", 2)
+        groups.setdefault(utt, []).append((Hypothesis(utt, float(score), text), logprob))
+    ordered = list(groups.values())
+    half = len(ordered) // 2
+    return tuple(Tuner([[h for h, _ in g] for g in part], [[lp for _, lp in g] for g in part], references, "references")
+                 for part in (ordered[:half], ordered[half:]))  # type: ignore[return-value]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=3.0, help="training budget of each model")
+    parser.add_argument("--sentences", type=int, default=600, help="PTB test sentences made into n-best lists")
+    parser.add_argument("--hypotheses", type=int, default=20, help="hypotheses per sentence")
+    parser.add_argument("--corpora", type=Path, default=DEFAULT_CORPORA)
+    args = parser.parse_args()
+    ptb = args.corpora / "ptb"
+    vocabulary = (ptb / "ptb.train.txt").read_text(encoding="utf-8").split()
+    sentences = [line.strip() for line in (ptb / "ptb.test.txt").read_text(encoding="utf-8").splitlines()][:args.sentences]
+    references = {f"s{i:05d}": text for i, text in enumerate(sentences)}
+    with tempfile.TemporaryDirectory() as work:
+        workdir = Path(work)
+        lines = make_nbest(sentences, vocabulary, args.hypotheses, seed=0)
+        (workdir / "nbest.tsv").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        (workdir / "texts.txt").write_text("".join(line.split("\t", 2)[2] + "\n" for line in lines), encoding="utf-8")
+        scores, seconds = {}, {}
+        for name, extra in (("forward", []), ("backward", ["--reverse"])):
+            rnnlm("train", "ptb", "--mirror", str(args.corpora), "--max-time", f"{args.minutes:g}m",
+                  "-o", str(workdir / name), "--device", "cpu", *extra)
+            scores[name], seconds[name] = lm_logprobs(workdir / name, workdir / "nbest.tsv")
+        score_time = score_seconds(workdir / "forward", workdir / "texts.txt")
+    scores["forward + backward"] = list(0.5 * np.array(scores["forward"]) + 0.5 * np.array(scores["backward"]))
+    table = [["system", "WER (eval half)", "SER (eval half)", "lm-weight", "word-penalty"]]
+    for name in ("forward", "backward", "forward + backward"):
+        tune_half, eval_half = split_tuners(lines, scores[name], references)
+        chosen = tune_half.best_settings()
+        outcome = eval_half.outcome(name, eval_half.scores(chosen))
+        table.append([name, *cells(outcome), f"{chosen.lm_weight:g}", f"{chosen.word_penalty:g}"])
+    first = eval_half.outcome("first pass", eval_half.first_pass)
+    oracle_errors = np.minimum.reduceat(eval_half.errors, eval_half.starts)
+    table.insert(1, ["first pass", *cells(first), "0", "0"])
+    table.append(["oracle", f"{100 * oracle_errors.sum() / eval_half.reference_words:.2f}%",
+                  f"{100 * np.count_nonzero(oracle_errors) / len(oracle_errors):.2f}%", "", ""])
+    tokens = sum(len(line.split("\t", 2)[2].split()) + 1 for line in lines)
+    notes = [
+        f"N-best lists: the first {len(sentences)} PTB test sentences, {args.hypotheses} hypotheses each "
+        f"({len(lines):,} lines); first pass = -{ERROR_WEIGHT:g} x word errors + N(0, {NOISE:g}) noise. "
+        f"Models: `rnnlm train ptb --max-time {args.minutes:g}m` and the same with `--reverse` (defaults otherwise). "
+        "lm-weight and word-penalty tuned on the first half of the utterances (rnnlm.tuning grid), WER on the second "
+        "half; forward + backward = `-m fwd -m bwd` (equal weights 0.5, 0.5).",
+        "",
+        f"Speed, same model (forward), same {tokens:,} tokens (words + one end of line each), this run: "
+        f"`rnnlm rescore --all` {seconds['forward']:.1f} s ({tokens / seconds['forward']:,.0f} tokens/s), "
+        f"`rnnlm score --format value` {score_time:.1f} s ({tokens / score_time:,.0f} tokens/s): "
+        f"ratio {score_time / seconds['forward']:.2f}x (each a whole process: model loading included).",
+    ]
+    write_markdown("rescoring", "N-best rescoring on PTB: WER by language model", table, notes)
+
+
+def cells(outcome) -> list[str]:  # type: ignore[no-untyped-def]
+    return [f"{100 * outcome.errors / outcome.reference_words:.2f}%",
+            f"{100 * outcome.wrong_sentences / outcome.sentences:.2f}%"]
+
+
+if __name__ == "__main__":
+    main()
