@@ -151,23 +151,29 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     Two layers with dropout and a tied decoder behind a projection (embedding 16, hidden 32),
     so the multi-layer state, eval mode and the projection path are all exercised.
     """
+    limit_torch_threads()
+    return train_small_model(tmp_path_factory.mktemp("trained"), lines=700, text_seed=1,
+                             model=dict(cell="lstm", layers=2, embedding_size=16, hidden_size=32, dropout=0.1, tie=True),
+                             training=dict(epochs=8, bptt=32, warmup_steps=10, random_seed=0))
+
+
+def train_small_model(base: Path, lines: int, text_seed: int, model: dict, training: dict) -> TrainedModel:
+    """Prepare make_corpus(lines, text_seed) in `base` and train a model on it through the library,
+    with RNNLM_HOME and the cache inside `base`."""
     from rnnlm.checkpoint import load_model
     from rnnlm.data import PrepareOptions, prepare
     from rnnlm.model import ModelConfig
     from rnnlm.train import TrainConfig, train
 
-    limit_torch_threads()
-    base = tmp_path_factory.mktemp("trained")
     corpus_file = base / "corpus.txt"
-    corpus_file.write_text(make_corpus(700, seed=1), encoding="utf-8")
+    corpus_file.write_text(make_corpus(lines, seed=text_seed), encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RNNLM_HOME", str(base / "home"))
         patch.setenv("RNNLM_CACHE_DIR", str(base / "cache"))
         prepared = prepare([str(corpus_file)], base / "prepared", PrepareOptions(valid_fraction=0.1))
-        config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, cell="lstm", layers=2, embedding_size=16,
-                             hidden_size=32, dropout=0.1, tie=True)
+        config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, **model)
         result = train(prepared, base / "model", config,
-                       TrainConfig(epochs=8, batch_size=8, bptt=32, lr=2e-2, warmup_steps=10, precision="fp32",
-                                   device="cpu", eval_interval=1000.0, random_seed=0))
+                       TrainConfig(**{"batch_size": 8, "lr": 2e-2, "precision": "fp32", "device": "cpu",
+                                      "eval_interval": 1000.0} | training))
         loaded = load_model(base / "model")
     return TrainedModel(base / "model", corpus_file, prepared, loaded, base / "home", result)

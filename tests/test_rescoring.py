@@ -7,7 +7,7 @@ import random
 import re
 
 import pytest
-from conftest import WORDS, TrainedModel, make_corpus, run_cli
+from conftest import WORDS, TrainedModel, make_corpus, run_cli, train_small_model
 
 from rnnlm.combination import Combination, combined_line_scores, parse_weights
 from rnnlm.errors import InvalidOption
@@ -19,24 +19,9 @@ from rnnlm.tokenizers import count_words
 @pytest.fixture(scope="module")
 def second(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """A second, smaller character GRU on other text, so its scores differ from the session model's."""
-    from rnnlm.checkpoint import load_model
-    from rnnlm.data import PrepareOptions, prepare
-    from rnnlm.model import ModelConfig
-    from rnnlm.train import TrainConfig, train
-
-    base = tmp_path_factory.mktemp("second")
-    corpus_file = base / "corpus.txt"
-    corpus_file.write_text(make_corpus(300, seed=7), encoding="utf-8")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RNNLM_HOME", str(base / "home"))
-        prepared = prepare([str(corpus_file)], base / "prepared", PrepareOptions(valid_fraction=0.1))
-        config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, cell="gru", layers=1, embedding_size=8,
-                             hidden_size=16, dropout=0.0, tie=False)
-        result = train(prepared, base / "model", config,
-                       TrainConfig(epochs=2, batch_size=8, bptt=16, lr=2e-2, warmup_steps=5, precision="fp32",
-                                   device="cpu", eval_interval=1000.0, random_seed=3))
-        loaded = load_model(base / "model")
-    return TrainedModel(base / "model", corpus_file, prepared, loaded, base / "home", result)
+    return train_small_model(tmp_path_factory.mktemp("second"), lines=300, text_seed=7,
+                             model=dict(cell="gru", layers=1, embedding_size=8, hidden_size=16, dropout=0.0, tie=False),
+                             training=dict(epochs=2, bptt=16, warmup_steps=5, random_seed=3))
 
 
 def nbest_lines(utterances: int, per_utterance: int, seed: int = 0) -> list[str]:

@@ -35,6 +35,13 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
+@njit(cache=True, inline="always")
+def _task(task: int, blocks: int, hidden: int) -> tuple[int, int, int]:
+    """The batch row and the hidden units [low, high) that parallel task `task` walks along time."""
+    low = (task % blocks) * BLOCK
+    return task // blocks, low, min(low + BLOCK, hidden)
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def _forward_kernel(u: np.ndarray, xh: np.ndarray, params: np.ndarray, c0: np.ndarray, h: np.ndarray,
                     c: np.ndarray, gates: np.ndarray) -> None:  # pragma: no cover (compiled)
@@ -42,9 +49,7 @@ def _forward_kernel(u: np.ndarray, xh: np.ndarray, params: np.ndarray, c0: np.nd
     batch, steps, _, hidden = u.shape
     blocks = (hidden + BLOCK - 1) // BLOCK
     for task in prange(batch * blocks):
-        b = task // blocks
-        low = (task % blocks) * BLOCK
-        high = min(low + BLOCK, hidden)
+        b, low, high = _task(task, blocks, hidden)
         for t in range(steps):
             for j in range(low, high):
                 previous = c0[b, j] if t == 0 else c[b, t - 1, j]
@@ -67,9 +72,7 @@ def _backward_kernel(u: np.ndarray, xh: np.ndarray, params: np.ndarray, c0: np.n
     batch, steps, _, hidden = u.shape
     blocks = (hidden + BLOCK - 1) // BLOCK
     for task in prange(batch * blocks):
-        b = task // blocks
-        low = (task % blocks) * BLOCK
-        high = min(low + BLOCK, hidden)
+        b, low, high = _task(task, blocks, hidden)
         for t in range(steps - 1, -1, -1):
             for j in range(low, high):
                 previous = c0[b, j] if t == 0 else c[b, t - 1, j]
