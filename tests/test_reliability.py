@@ -57,7 +57,11 @@ def damage(file: str, how: str) -> Callable[[Path], None]:
             path.write_bytes(b"")
         elif how == "truncated":
             data = path.read_bytes()
-            path.write_bytes(data[: len(data) // 2] if len(data) > 1 else b"{")
+            cut = len(data) // 2
+            if file.endswith(".jsonl"):  # through the middle of the last line: whole lines would be valid JSONL
+                text = data.rstrip(b"\n")
+                cut = (text.rfind(b"\n") + 1 + len(text)) // 2
+            path.write_bytes(data[:cut] if len(data) > 1 else b"{")
         else:
             path.write_bytes(random.Random(file).randbytes(4096))
     return apply
