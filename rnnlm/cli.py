@@ -278,10 +278,12 @@ def train(
         if "epochs" in given and "max_time" not in given:
             changes["max_time"] = None  # as for a new run: --epochs alone sets no time budget
         with claimed(resume, MODEL_DIRECTORY) as directory:
+            from rnnlm.train import close_process_group
             from rnnlm.train import train as train_model
 
             corpus_data, model_config, config = resumed_settings(directory, changes)
             train_model(corpus_data, directory, model_config, config, TrainingDisplay(), resume=True)
+            close_process_group()
         return
     if not corpus:
         raise typer.BadParameter("give a corpus to train on, or --resume MODEL_DIR", param_hint="'CORPUS...'")
@@ -297,7 +299,7 @@ def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_
                timing: dict[str, Any]) -> None:
     """Train a new model with the corpus-based defaults where the user and the preset left a choice."""
     from rnnlm.display import TrainingDisplay
-    from rnnlm.train import MODEL_SETTINGS, default_model_config, default_training
+    from rnnlm.train import MODEL_SETTINGS, close_process_group, default_model_config, default_training
     from rnnlm.train import train as train_model
 
     settings |= {name: value for name, value in default_training(corpus_data).items() if name not in chosen_settings}
@@ -310,6 +312,7 @@ def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_
             "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie",
             "reverse")})
     train_model(corpus_data, output, model_config, training_config(settings, timing), TrainingDisplay())
+    close_process_group()
 
 
 def training_config(settings: dict[str, Any], timing: dict[str, Any]) -> TrainConfig:

@@ -337,6 +337,18 @@ def train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, confi
         return _train(corpus, target, model_config, config, reporter, resume)
 
 
+def close_process_group() -> None:
+    """Close the torchrun process group a run opened, once every rank has reached this point.
+
+    A rank that leaves while another still saves, or a process that exits with the group open,
+    can abort inside gloo's threads. Reopening a group in the same process is not reliable, so
+    train() leaves the group open for further runs and the process closes it when it is done.
+    """
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, config: TrainConfig,
            reporter: Reporter | None, resume: bool) -> TrainResult:
     dist = Distributed.from_environment()

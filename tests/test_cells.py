@@ -29,7 +29,7 @@ from rnnlm.fileio import iter_text_chunks
 from rnnlm.generate import generate
 from rnnlm.model import ModelConfig, RNNLanguageModel, select_state
 from rnnlm.scoring import perplexity, score_lines
-from rnnlm.train import SilentReporter, TrainConfig, train
+from rnnlm.train import SilentReporter, TrainConfig, close_process_group, train
 
 ALL_CELLS = list(CELLS)
 RUN = TrainConfig(epochs=2, batch_size=4, bptt=12, lr=1e-2, warmup_steps=3, precision="fp32", device="cpu",
@@ -215,7 +215,7 @@ def ddp_worker(rank: int, world_size: int, port: int, prepared_dir: str, output:
     corpus = load_prepared(Path(prepared_dir))
     for cell in ALL_CELLS:
         train(corpus, Path(output) / cell, ddp_config(cell, corpus), DDP_RUN)
-    torch.distributed.destroy_process_group()
+    close_process_group()
 
 
 DDP_RUN = replace(RUN, optimizer="sgd", lr=0.5, epochs=1, warmup_steps=0, eval_every=None, checkpoint_every=None)

@@ -21,7 +21,7 @@ from rnnlm.checkpoint import CHECKPOINT, load_checkpoint, load_model, read_metri
 from rnnlm.data import PrepareOptions, PreparedCorpus, load_prepared, prepare, variable_window_length
 from rnnlm.errors import UserError
 from rnnlm.model import ModelConfig, RNNLanguageModel
-from rnnlm.train import SilentReporter, TrainConfig, train
+from rnnlm.train import SilentReporter, TrainConfig, close_process_group, train
 
 TINY = ["--hidden-size", "32", "--embedding-size", "16", "--layers", "1", "--batch-size", "8", "--bptt", "32",
         "--precision", "fp32", "--device", "cpu"]
@@ -204,7 +204,7 @@ def ddp_worker(rank: int, world_size: int, port: int, prepared_dir: str, output:
     torch.set_num_threads(1)
     corpus = load_prepared(Path(prepared_dir))
     train(corpus, Path(output), model_config(corpus, dropout=0.0), config)
-    torch.distributed.destroy_process_group()
+    close_process_group()
 
 
 def test_two_process_ddp_takes_the_same_step_as_one_process(tmp_path: Path) -> None:
