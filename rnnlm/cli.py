@@ -278,8 +278,8 @@ def train(
         if "epochs" in given and "max_time" not in given:
             changes["max_time"] = None  # as for a new run: --epochs alone sets no time budget
         with claimed(resume, MODEL_DIRECTORY) as directory:
-            from rnnlm.train import close_process_group
-            from rnnlm.train import train as train_model
+            from rnnlm.training import close_process_group
+            from rnnlm.training import train as train_model
 
             corpus_data, model_config, config = resumed_settings(directory, changes)
             train_model(corpus_data, directory, model_config, config, TrainingDisplay(), resume=True)
@@ -299,8 +299,8 @@ def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_
                timing: dict[str, Any]) -> None:
     """Train a new model with the corpus-based defaults where the user and the preset left a choice."""
     from rnnlm.display import TrainingDisplay
-    from rnnlm.train import MODEL_SETTINGS, close_process_group, default_model_config, default_training
-    from rnnlm.train import train as train_model
+    from rnnlm.training import MODEL_SETTINGS, close_process_group, default_model_config, default_training
+    from rnnlm.training import train as train_model
 
     settings |= {name: value for name, value in default_training(corpus_data).items() if name not in chosen_settings}
     cell_settings = {name: settings[name] for name in CELL_OPTIONS if settings.get(name) is not None}
@@ -383,7 +383,7 @@ def load_chosen(model: Optional[Path], device: str, quiet: bool) -> Any:
     from rnnlm.checkpoint import load_model
     from rnnlm.inventory import notice
     from rnnlm.project import resolve_model
-    from rnnlm.train import resolve_device
+    from rnnlm.training import resolve_device
 
     chosen = resolve_model(model)
     loaded = load_model(chosen.path, str(resolve_device(device)))

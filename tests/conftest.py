@@ -133,7 +133,7 @@ class TrainedModel:
     prepared: object  # rnnlm.data.PreparedCorpus
     loaded: object  # rnnlm.checkpoint.LoadedModel
     home: Path  # RNNLM_HOME that was in effect while training
-    result: object  # rnnlm.train.TrainResult
+    result: object  # rnnlm.training.TrainResult
 
     @property
     def model(self):  # type: ignore[no-untyped-def]
@@ -163,7 +163,7 @@ def train_small_model(base: Path, lines: int, text_seed: int, model: dict, train
     from rnnlm.checkpoint import load_model
     from rnnlm.data import PrepareOptions, prepare
     from rnnlm.model import ModelConfig
-    from rnnlm.train import TrainConfig, train
+    from rnnlm.training import TrainConfig, train
 
     corpus_file = base / "corpus.txt"
     corpus_file.write_text(make_corpus(lines, seed=text_seed), encoding="utf-8")

@@ -29,7 +29,7 @@ from rnnlm.fileio import iter_text_chunks
 from rnnlm.generate import generate
 from rnnlm.model import ModelConfig, RNNLanguageModel, select_state
 from rnnlm.scoring import perplexity, score_lines
-from rnnlm.train import SilentReporter, TrainConfig, close_process_group, train
+from rnnlm.training import SilentReporter, TrainConfig, close_process_group, train
 
 ALL_CELLS = list(CELLS)
 RUN = TrainConfig(epochs=2, batch_size=4, bptt=12, lr=1e-2, warmup_steps=3, precision="fp32", device="cpu",

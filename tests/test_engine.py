@@ -21,7 +21,7 @@ from rnnlm.checkpoint import CHECKPOINT, load_checkpoint, load_model, read_metri
 from rnnlm.data import PrepareOptions, PreparedCorpus, load_prepared, prepare, variable_window_length
 from rnnlm.errors import UserError
 from rnnlm.model import ModelConfig, RNNLanguageModel
-from rnnlm.train import SilentReporter, TrainConfig, close_process_group, train
+from rnnlm.training import SilentReporter, TrainConfig, close_process_group, train
 
 TINY = ["--hidden-size", "32", "--embedding-size", "16", "--layers", "1", "--batch-size", "8", "--bptt", "32",
         "--precision", "fp32", "--device", "cpu"]

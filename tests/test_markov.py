@@ -17,7 +17,7 @@ from rnnlm.data import PrepareOptions, prepare
 from rnnlm.fileio import iter_text_chunks
 from rnnlm.model import ModelConfig
 from rnnlm.scoring import perplexity
-from rnnlm.train import TrainConfig, train
+from rnnlm.training import TrainConfig, train
 
 SYMBOLS = "abcdef\n"
 TRAIN_TOKENS = 200_000

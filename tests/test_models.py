@@ -41,7 +41,7 @@ def prepared_corpus(base: Path, tokenizer: str):  # type: ignore[no-untyped-def]
 
 def train_tiny(prepared, output: Path, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
     from rnnlm.model import ModelConfig
-    from rnnlm.train import TrainConfig, train
+    from rnnlm.training import TrainConfig, train
 
     config = ModelConfig(vocab_size=prepared.tokenizer.vocab_size, cell="lstm", layers=1, embedding_size=8,
                          hidden_size=16)
@@ -331,7 +331,7 @@ def test_training_lines_lead_with_the_natural_unit(tmp_path: Path) -> None:
 
     from rnnlm.display import TrainingDisplay
     from rnnlm.model import ModelConfig
-    from rnnlm.train import TrainConfig, train
+    from rnnlm.training import TrainConfig, train
     from rnnlm.units import natural_text
 
     for tokenizer, unit in (("word", r"perplexity \d+\.\d\d per word"), ("char", r"\d\.\d{3} bits/char")):

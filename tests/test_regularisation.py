@@ -18,7 +18,7 @@ from rnnlm.checkpoint import load_checkpoint, load_model, read_metrics
 from rnnlm.config import PRESETS, TrainConfig
 from rnnlm.data import PrepareOptions, PreparedCorpus, prepare
 from rnnlm.model import ModelConfig, RNNLanguageModel, dropout_mask
-from rnnlm.train import (
+from rnnlm.training import (
     MODEL_SETTINGS,
     SilentReporter,
     WeightAverage,

@@ -294,7 +294,7 @@ def test_word_and_subword_models_are_measured_over_the_same_words(prepared_kinds
     from rnnlm.checkpoint import load_model
     from rnnlm.model import ModelConfig
     from rnnlm.scoring import perplexity
-    from rnnlm.train import TrainConfig, train
+    from rnnlm.training import TrainConfig, train
 
     test_text = "the cat sat on a mat.\n  it is not so big?\nunseen ✓ words\n"
     reports = {}
@@ -315,7 +315,7 @@ def test_word_and_subword_models_are_measured_over_the_same_words(prepared_kinds
 
 def test_training_cycles_through_sampled_segmentations(tmp_path: Path, corpus_text: str) -> None:
     from rnnlm.model import ModelConfig
-    from rnnlm.train import TrainConfig, train
+    from rnnlm.training import TrainConfig, train
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(corpus_text, encoding="utf-8")
