@@ -99,14 +99,15 @@ class Run:
     tokens_per_s: float = 0.0
     reported_peak_mib: float | None = None
 
-    def at(self, seconds: float) -> float:
-        """The resident memory sampled last before `seconds`."""
-        return max((r for t, r in zip(self.seconds, self.rss_mib) if t <= seconds), default=self.rss_mib[0])
+    def level(self, minute: float) -> float:
+        """The median of the samples taken in the minute before `minute`: the memory a run holds
+        then, without the spikes of single steps or evaluations."""
+        return float(np.median([r for t, r in zip(self.seconds, self.rss_mib) if minute - 1 <= t / 60 <= minute]))
 
-    def growth(self) -> float:
-        """From minute 1 (the largest sample up to it) to the end."""
-        first_minute = max(r for t, r in zip(self.seconds, self.rss_mib) if t <= 60)
-        return self.rss_mib[-1] / first_minute - 1
+    def growth(self, minutes: float) -> float:
+        """From minute 2 (once the first minute's start-up is done) to the last minute of training
+        (the samples after it are the final evaluation and saving)."""
+        return self.level(minutes) / self.level(2) - 1
 
 
 def rss_mib(pid: int) -> float:
@@ -218,11 +219,12 @@ def plot(level: Level, runs: list[Run], minutes: float, corpus: str) -> bool:
 
 def report(level: Level, runs: list[Run], minutes: float, drawn: bool, before: Path | None, concurrent: bool) -> None:
     reference = next(run for run in runs if run.name.startswith("plain"))
-    table = [["run", "peak RSS (MiB, sampled)", "peak_rss_mb (metrics)", "RSS at minute 1 (MiB)", "RSS at end (MiB)",
-              "growth minute 1 to end"] + ([] if concurrent else ["tokens/s", "× plain loop's tokens/s"])]
+    table = [["run", "peak RSS (MiB, sampled)", "peak_rss_mb (metrics)", "RSS in minute 2 (MiB, median)",
+              f"RSS in minute {minutes:g} (MiB, median)", "growth"] + ([] if concurrent else ["tokens/s", "× plain loop's tokens/s"])]
     for run in runs:
         reported = f"{run.reported_peak_mib:,.0f}" if run.reported_peak_mib else "-"
-        row = [run.name, f"{max(run.rss_mib):,.0f}", reported, f"{run.at(60):,.0f}", f"{run.rss_mib[-1]:,.0f}", f"{run.growth():+.1%}"]
+        row = [run.name, f"{max(run.rss_mib):,.0f}", reported, f"{run.level(2):,.0f}", f"{run.level(minutes):,.0f}",
+               f"{run.growth(minutes):+.1%}"]
         if not concurrent:
             row += [f"{run.tokens_per_s:,.0f}", f"{run.tokens_per_s / reference.tokens_per_s:.2f}"]
         table.append(row)
@@ -231,7 +233,9 @@ def report(level: Level, runs: list[Run], minutes: float, drawn: bool, before: P
     together = ("All runs trained at the same time (`--concurrent`), so they shared the cores: memory is per process and "
                 "stands; speeds are left out." if concurrent else "Runs trained one after another.")
     notes = [f"Each run trains for {minutes:g} minutes in its own process; resident memory (RSS, from /proc) is sampled "
-             "every few seconds. Growth compares the last sample with the largest in the first minute. " + together +
+             "every few seconds. Growth compares the median of the samples in the last minute of training with that of "
+             "minute 2 (after start-up); the samples after the budget are the final evaluation and saving. "
+             "peak_rss_mb is what `rnnlm train` itself records (VmHWM), spikes between samples included. " + together +
              ("" if concurrent else " tokens/s: the median over evaluation windows (evaluation time left out); the plain "
               "loop's over its whole run."), ""]
     notes.append(f"Defaults' peak ÷ `--precision fp32` peak: {peaks['defaults'] / peaks['--precision fp32']:.2f} (target ≤ 1.3).")
@@ -247,6 +251,9 @@ def report(level: Level, runs: list[Run], minutes: float, drawn: bool, before: P
     if drawn:
         notes += ["", f"![resident memory over time]({level.page}.png)"]
     write_markdown(level.page, level.title, table, notes)
+    samples = {run.name: {"seconds": [round(t, 1) for t in run.seconds], "rss_mib": [round(r, 1) for r in run.rss_mib]}
+               for run in runs}
+    (RESULTS / f"{level.page}_samples.json").write_text(json.dumps(samples) + "\n", encoding="utf-8")
 
 
 def prepared_corpus(level: Level, work: Path, words: int, text: Path | None) -> tuple[Path, str]:
