@@ -3,9 +3,11 @@
 Reads top to bottom: settings, the precision and device choice, the learning-rate
 schedule, the pieces of a robust run (the torchrun context, the resumable run state, the
 in-memory snapshot rolled back to after a non-finite step, Ctrl-C deferred to a step
-boundary), one training step, then `train`, which runs steps until the epochs or the
-wall-clock budget are spent, evaluates every so often, keeps the weights with the lowest
+boundary), one training step, then `train`: a short loop that runs steps until the epochs or
+the wall-clock budget are spent, evaluates every so often, keeps the weights with the lowest
 validation loss, and writes checkpoints that `train(..., resume=True)` continues from exactly.
+Each of those steps is a method of `TrainingRun`, which holds what they share; the loop
+itself reads top to bottom in `_train`.
 """
 
 from __future__ import annotations
@@ -524,8 +526,10 @@ class TrainingRun:
         while config.epochs is None or state.epoch <= config.epochs:
             tokens = self.corpus.train_tokens(state.epoch)  # a sampled segmentation per epoch under subword regularisation
             epoch_row_length = (len(tokens) - 1) // config.batch_size
-            window_length = variable_window_length(config.bptt, config.random_seed, state.epoch) if config.variable_bptt else None
-            for column, inputs, targets in stream_batches(tokens, config.batch_size, config.bptt, state.column, window_length):
+            window_length = (variable_window_length(config.bptt, config.random_seed, state.epoch)
+                             if config.variable_bptt else None)
+            for column, inputs, targets in stream_batches(tokens, config.batch_size, config.bptt, state.column,
+                                                          window_length):
                 state.column = column + inputs.shape[1]
                 yield state.column >= epoch_row_length, inputs[self.local_rows], targets[self.local_rows]
 
@@ -586,7 +590,8 @@ class TrainingRun:
             interrupted,
         ])
         evaluation = evaluation or bool(config.eval_every and self.state.step % config.eval_every == 0)
-        checkpoint_due = checkpoint_due or bool(config.checkpoint_every and self.state.step % config.checkpoint_every == 0)
+        checkpoint_due = checkpoint_due or bool(config.checkpoint_every
+                                                and self.state.step % config.checkpoint_every == 0)
         return Due(out_of_time, evaluation, checkpoint_due, stop_now)
 
     def next_epoch(self) -> None:
@@ -708,7 +713,8 @@ class TrainingRun:
             self.tensorboard.close()
         state = self.state
         if self.stopped_because == "interrupted":
-            self.reporter.event(f"interrupted at step {state.step}; checkpoint saved: continue with --resume {self.output}")
+            self.reporter.event(f"interrupted at step {state.step}; checkpoint saved: "
+                                f"continue with --resume {self.output}")
             raise KeyboardInterrupt
         result = TrainResult(self.output, state.step, state.tokens, time.perf_counter() - self.started,
                              state.best_val_loss, state.best_val_loss * self.tokens_per_char / math.log(2),
