@@ -3,9 +3,11 @@
 Reads top to bottom: settings, the precision and device choice, the learning-rate
 schedule, the pieces of a robust run (the torchrun context, the resumable run state, the
 in-memory snapshot rolled back to after a non-finite step, Ctrl-C deferred to a step
-boundary), one training step, then `train`, which runs steps until the epochs or the
-wall-clock budget are spent, evaluates every so often, keeps the weights with the lowest
+boundary), one training step, then `train`: a short loop that runs steps until the epochs or
+the wall-clock budget are spent, evaluates every so often, keeps the weights with the lowest
 validation loss, and writes checkpoints that `train(..., resume=True)` continues from exactly.
+Each of those steps is a method of `TrainingRun`, which holds what they share; the loop
+itself reads top to bottom in `_train`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ContextManager, Protocol
+from typing import Any, ContextManager, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from torch import Tensor
 
 from rnnlm import checkpoint, outputs, project, units
 from rnnlm.config import TrainConfig, check_device_name
-from rnnlm.data import PreparedCorpus, mean_window_length, stream_batches, variable_window_length
+from rnnlm.data import PreparedCorpus, TextCounts, mean_window_length, stream_batches, variable_window_length
 from rnnlm.direction import reversed_corpus
 from rnnlm.errors import UserError
 from rnnlm.model import (
@@ -351,27 +353,69 @@ def close_process_group() -> None:
 
 def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, config: TrainConfig,
            reporter: Reporter | None, resume: bool) -> TrainResult:
+    """The loop: a batch, a step, then whatever is due (evaluation, checkpoint, stop), until the
+    epochs run out or something stops the run."""
+    run = TrainingRun(corpus, output, model_config, config, reporter, resume)
+    with deferred_interrupts() as interrupted:
+        for end_of_epoch, inputs, targets in run.batches():
+            run.step(inputs, targets)
+            due = run.due(interrupted())
+            if due.out_of_time:
+                run.stopped_because = "max-time"
+            if due.interrupted:
+                run.stopped_because = "interrupted"
+            if (end_of_epoch or due.evaluation or due.out_of_time) and run.state.window_steps and run.evaluate():
+                run.stopped_because = "patience"
+            if end_of_epoch:
+                run.next_epoch()
+            if due.checkpoint or run.stopping:
+                run.save_checkpoint()
+            if run.stopping:
+                break
+        else:
+            if run.state.window_steps or not run.saved:
+                run.evaluate()  # a resumed run whose last steps were not evaluated, or one with no steps at all
+            run.save_checkpoint()
+    return run.finish()
+
+
+class Due(NamedTuple):
+    """What the clock, the step count and Ctrl-C ask for after a step, agreed by every rank."""
+
+    out_of_time: bool
+    evaluation: bool
+    checkpoint: bool
+    interrupted: bool
+
+
+def join_processes(config: TrainConfig) -> tuple[Distributed, torch.device]:
+    """This process's place in the torchrun job (with its process group open) and its device."""
     dist = Distributed.from_environment()
     if dist.active and config.batch_size % dist.world_size:
         raise UserError(f"--batch-size {config.batch_size} must be a multiple of the {dist.world_size} processes")
-    if dist.rank != 0:
-        reporter = SilentReporter()
-    reporter = reporter or SilentReporter()
     device = resolve_device(config.device)
     if device.type == "cuda" and dist.active:
         device = torch.device("cuda", dist.local_rank)
     dist.device = device
     if dist.active and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    amp_dtype = resolve_precision(config.precision, device)
+    return dist, device
+
+
+def validation_split(corpus: PreparedCorpus) -> tuple[np.ndarray, TextCounts]:
+    """The tokens to validate on and their counts: the training text where nothing is held out."""
     train_tokens, valid_tokens = corpus.splits["train"], corpus.splits["valid"]
     if len(train_tokens) < 2:
         raise UserError("the training split has too few tokens to train on")
     if len(valid_tokens) < 2:
-        valid_tokens = train_tokens  # nothing held out: select and report on the training text
-    valid_counts = corpus.counts("valid") if len(corpus.splits["valid"]) >= 2 else corpus.counts("train")
-    tokens_per_char = valid_counts.tokens / max(1, valid_counts.chars)
+        return train_tokens, corpus.counts("train")
+    return valid_tokens, corpus.counts("valid")
 
+
+def build_model(model_config: ModelConfig, config: TrainConfig, dist: Distributed,
+                device: torch.device) -> tuple[RNNLanguageModel, torch.optim.Optimizer]:
+    """The model, the same initial weights on every rank, and its optimiser; each rank then draws
+    dropout masks of its own."""
     longest_window = config.bptt + 40 if config.variable_bptt else config.bptt
     check_fits(training_bytes(model_config, config.batch_size // dist.world_size, longest_window), device,
                "training this model")
@@ -379,15 +423,21 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
     model = RNNLanguageModel(model_config).to(device)
     optimizer = make_optimizer(model, config)
     if dist.rank:
-        torch.manual_seed(config.random_seed + dist.rank)  # the same initial weights, but dropout of its own
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    row_length = (len(train_tokens) - 1) // config.batch_size
-    steps_per_epoch = math.ceil(row_length / mean_window_length(config.bptt, config.variable_bptt))
-    planned_steps = steps_per_epoch * config.epochs if config.epochs else None
-    eval_interval = config.eval_interval or (max(5.0, config.max_time / 20) if config.max_time else 30.0)
-    local_rows = slice(dist.rank * config.batch_size // dist.world_size, (dist.rank + 1) * config.batch_size // dist.world_size)
+        torch.manual_seed(config.random_seed + dist.rank)
+    return model, optimizer
 
-    settings = {
+
+def planned_steps(corpus: PreparedCorpus, config: TrainConfig) -> tuple[int, int | None]:
+    """The steps an epoch takes, and the steps of the run (None: no epoch limit)."""
+    row_length = (len(corpus.splits["train"]) - 1) // config.batch_size
+    steps_per_epoch = math.ceil(row_length / mean_window_length(config.bptt, config.variable_bptt))
+    return steps_per_epoch, steps_per_epoch * config.epochs if config.epochs else None
+
+
+def model_settings(corpus: PreparedCorpus, model_config: ModelConfig, config: TrainConfig, model: RNNLanguageModel,
+                   device: torch.device, amp_dtype: torch.dtype | None) -> dict[str, Any]:
+    """config.json: the model, how it is trained, on what corpus, and its size."""
+    return {
         "format": checkpoint.MODEL_FORMAT,
         "version": 1,
         "model": model_config.to_dict(),
@@ -396,203 +446,283 @@ def _train(corpus: PreparedCorpus, output: Path, model_config: ModelConfig, conf
                    "splits": corpus.meta["splits"]},
         "parameters": count_parameters(model),
     }
-    run = RunState()
-    carried: State | None = None
-    average: WeightAverage | None = None
-    if resume:
-        check_resumable(output, corpus)
-        saved_checkpoint = checkpoint.load_checkpoint(output, str(device))
-        run, carried, average = restore(saved_checkpoint, model, optimizer, dist, local_rows, device, config.batch_size)
-        if dist.rank == 0:
-            checkpoint.keep_metrics_until(output, run.step)
-    trainer: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
-    writes = dist.rank == 0
-    saved = resume
-    reporter.start({"parameters": settings["parameters"], "device": str(device), "precision": settings["training"]["autocast"],
-                    "steps_per_epoch": steps_per_epoch, "planned_steps": planned_steps, "max_time": config.max_time,
-                    "output": str(output), "train_tokens": len(train_tokens), "resumed_at": run.step if resume else None,
-                    "processes": dist.world_size, "tokenizer": corpus.tokenizer.kind})
-    tensorboard = open_tensorboard(output) if writes and resume else None  # else once the directory exists
 
-    started = time.perf_counter() - run.elapsed_s
-    history: list[dict[str, Any]] = []
-    window_tokens, window_start = 0, time.perf_counter()
-    last_eval = last_checkpoint = time.perf_counter()
-    stopped_because = "epochs"
-    good = Snapshot.take(model, optimizer)
 
-    def progress() -> float:
+class TrainingRun:
+    """One run of `train`: the model and optimiser, the resumable RunState, and what the loop's
+    steps (a training step, an evaluation, a checkpoint) share between them.
+
+    Rank 0 writes the model directory, created at the first save so that a run killed before
+    then leaves nothing behind; the other ranks compute the same decisions and write nothing.
+    """
+
+    carried: State | None  # the recurrent state carried from batch to batch, this rank's rows
+    average: WeightAverage | None  # NT-ASGD's, once averaging has begun
+
+    def __init__(self, corpus: PreparedCorpus, output: Path, model_config: ModelConfig, config: TrainConfig,
+                 reporter: Reporter | None, resume: bool) -> None:
+        self.corpus, self.output, self.config = corpus, output, config
+        self.dist, self.device = join_processes(config)
+        self.reporter = reporter if reporter is not None and self.dist.rank == 0 else SilentReporter()
+        self.amp_dtype = resolve_precision(config.precision, self.device)
+        self.valid_tokens, self.valid_counts = validation_split(corpus)
+        self.tokens_per_char = self.valid_counts.tokens / max(1, self.valid_counts.chars)
+        self.steps_per_epoch, self.planned_steps = planned_steps(corpus, config)
+        self.model, self.optimizer = build_model(model_config, config, self.dist, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        rows, world = config.batch_size, self.dist.world_size
+        self.local_rows = slice(self.dist.rank * rows // world, (self.dist.rank + 1) * rows // world)
+        self.settings = model_settings(corpus, model_config, config, self.model, self.device, self.amp_dtype)
+        self.state, self.carried, self.average = RunState(), None, None
+        if resume:
+            self.resume()
+        self.trainer: torch.nn.Module = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.active
+                                         else self.model)
+        self.writes = self.dist.rank == 0
+        self.saved = resume  # whether the model directory exists
+        self.start_reporting(resume)
+        self.tensorboard = open_tensorboard(output) if self.writes and resume else None  # else once the directory exists
+        self.started = time.perf_counter() - self.state.elapsed_s
+        self.history: list[dict[str, Any]] = []
+        self.window_tokens, self.window_start = 0, time.perf_counter()  # this rank's, since the last evaluation
+        self.last_eval = self.last_checkpoint = time.perf_counter()
+        self.stopped_because = "epochs"
+        self.good = Snapshot.take(self.model, self.optimizer)
+        self.model.train()
+
+    def resume(self) -> None:
+        """Continue from the checkpoint in the output directory, dropping metrics logged after it."""
+        check_resumable(self.output, self.corpus)
+        saved = checkpoint.load_checkpoint(self.output, str(self.device))
+        self.state, self.carried, self.average = restore(saved, self.model, self.optimizer, self.dist, self.local_rows,
+                                                         self.device, self.config.batch_size)
+        if self.dist.rank == 0:
+            checkpoint.keep_metrics_until(self.output, self.state.step)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stopped_because != "epochs"
+
+    def start_reporting(self, resume: bool) -> None:
+        self.reporter.start({
+            "parameters": self.settings["parameters"], "device": str(self.device),
+            "precision": self.settings["training"]["autocast"], "steps_per_epoch": self.steps_per_epoch,
+            "planned_steps": self.planned_steps, "max_time": self.config.max_time, "output": str(self.output),
+            "train_tokens": len(self.corpus.splits["train"]), "resumed_at": self.state.step if resume else None,
+            "processes": self.dist.world_size, "tokenizer": self.corpus.tokenizer.kind})
+
+    def progress(self) -> float:
+        """The fraction of the run done: of its planned steps or of its time budget, whichever is further."""
         parts = []
-        if planned_steps:
-            parts.append(run.step / planned_steps)
-        if config.max_time:
-            parts.append((time.perf_counter() - started) / config.max_time)
+        if self.planned_steps:
+            parts.append(self.state.step / self.planned_steps)
+        if self.config.max_time:
+            parts.append((time.perf_counter() - self.started) / self.config.max_time)
         return max(parts) if parts else 0.0
 
-    def make_model_dir() -> None:
-        nonlocal saved, tensorboard
-        checkpoint.create_model_dir(output, model, corpus.tokenizer, settings, {"step": str(run.step)})
-        project.record_latest(output)  # only now: a run killed before its first model changes no default
-        tensorboard = open_tensorboard(output)
-        saved = True
+    def batches(self) -> Iterator[tuple[bool, np.ndarray, np.ndarray]]:
+        """(last of its epoch, inputs, targets) from the saved position on, until the epochs are spent."""
+        config, state = self.config, self.state
+        while config.epochs is None or state.epoch <= config.epochs:
+            tokens = self.corpus.train_tokens(state.epoch)  # a sampled segmentation per epoch under subword regularisation
+            epoch_row_length = (len(tokens) - 1) // config.batch_size
+            window_length = (variable_window_length(config.bptt, config.random_seed, state.epoch)
+                             if config.variable_bptt else None)
+            for column, inputs, targets in stream_batches(tokens, config.batch_size, config.bptt, state.column,
+                                                          window_length):
+                state.column = column + inputs.shape[1]
+                yield state.column >= epoch_row_length, inputs[self.local_rows], targets[self.local_rows]
 
-    def evaluate() -> bool:
-        """Validate, log a metrics record, save the weights if they are the best; True to stop early."""
-        nonlocal window_tokens, window_start, last_eval, average
-        model.eval()
-        with average.swapped_in(model) if average else nullcontext(), autocast(device, amp_dtype):
-            val_nll, val_count = stream_nll(model, valid_tokens, rows=config.eval_batch_size, window=256,
-                                            start_token=corpus.tokenizer.eol_id)
-        model.train()
-        val_loss = val_nll / max(1, val_count)
+    def step(self, inputs: np.ndarray, targets: np.ndarray) -> None:
+        """One training step at the scheduled rate; a non-finite one is rolled back instead."""
+        config, state = self.config, self.state
+        # a variable window's rate follows its length, so that every token weighs the same (AWD-LSTM)
+        window_scale = inputs.shape[1] / config.bptt if config.variable_bptt else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config, state.step, state.epoch, self.progress(), state.lr_scale) * window_scale
+        x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
+        y = torch.from_numpy(targets).to(self.device, non_blocking=True)
+        loss_value, finite, self.carried = train_step(self.trainer, self.optimizer, self.scaler, x, y, self.carried,
+                                                      config.clip, self.amp_dtype)
+        if finite:
+            self.count_step(loss_value, y.numel())
+        else:
+            self.roll_back(loss_value)
         now = time.perf_counter()
-        record = {
-            "step": run.step, "epoch": run.epoch, "tokens": run.tokens,
-            "train_loss": run.window_loss / run.window_steps if run.window_steps else None,
-            "val_loss": val_loss, "val_bpc": val_loss * tokens_per_char / math.log(2),
+        self.reporter.step({"step": state.step, "epoch": state.epoch, "loss": loss_value, "progress": self.progress(),
+                            "tokens_per_s": self.window_tokens * self.dist.world_size / max(1e-9, now - self.window_start),
+                            "elapsed_s": now - self.started})
+
+    def count_step(self, loss_value: float, tokens: int) -> None:
+        """Account for an applied step: counters, the weight average, and now and then a snapshot."""
+        state = self.state
+        state.step += 1
+        state.tokens += tokens * self.dist.world_size
+        state.window_loss += loss_value
+        state.window_steps += 1
+        self.window_tokens += tokens
+        if self.average is not None:
+            self.average.update(self.model)
+        if state.step % SNAPSHOT_EVERY == 0:
+            self.good = Snapshot.take(self.model, self.optimizer)
+
+    def roll_back(self, loss_value: float) -> None:
+        """Return to the last good weights at half the rate, or stop once that no longer helps."""
+        state = self.state
+        state.rollbacks_since_best += 1
+        if state.rollbacks_since_best >= MAX_ROLLBACKS_WITHOUT_PROGRESS:
+            raise diverged(state, self.output if self.saved else None)
+        self.good.restore(self.model, self.optimizer)
+        self.carried = None
+        state.lr_scale *= 0.5
+        state.rollbacks += 1
+        self.reporter.event(f"step {state.step}: non-finite {'loss' if not math.isfinite(loss_value) else 'gradient'}; "
+                            f"rolled back to the last good weights, learning rate halved")
+
+    def due(self, interrupted: bool) -> Due:
+        """What is due after this step: on the clock (agreed by all ranks) or by the step count."""
+        config, now = self.config, time.perf_counter()
+        eval_interval = config.eval_interval or (max(5.0, config.max_time / 20) if config.max_time else 30.0)
+        out_of_time, evaluation, checkpoint_due, stop_now = self.dist.agree([
+            bool(config.max_time and now - self.started >= config.max_time),
+            not config.eval_every and now - self.last_eval >= eval_interval,
+            not config.checkpoint_every and now - self.last_checkpoint >= config.checkpoint_interval,
+            interrupted,
+        ])
+        evaluation = evaluation or bool(config.eval_every and self.state.step % config.eval_every == 0)
+        checkpoint_due = checkpoint_due or bool(config.checkpoint_every
+                                                and self.state.step % config.checkpoint_every == 0)
+        return Due(out_of_time, evaluation, checkpoint_due, stop_now)
+
+    def next_epoch(self) -> None:
+        self.state.epoch += 1
+        self.state.column = 0
+        self.carried = None
+
+    def weights_in_use(self) -> ContextManager[Any]:
+        """The NT-ASGD average swapped into the model once averaging has begun, else the model as it is."""
+        return self.average.swapped_in(self.model) if self.average else nullcontext()
+
+    def evaluate(self) -> bool:
+        """Validate, log a metrics record, save the weights if they are the best; True to stop early."""
+        self.model.eval()
+        with self.weights_in_use(), autocast(self.device, self.amp_dtype):
+            val_nll, val_count = stream_nll(self.model, self.valid_tokens, rows=self.config.eval_batch_size, window=256,
+                                            start_token=self.corpus.tokenizer.eol_id)
+        self.model.train()
+        val_loss = val_nll / max(1, val_count)
+        record = self.metrics_record(val_loss)
+        record["best"] = self.keep_if_best(val_loss)
+        record["averaging"] = self.average is not None
+        self.start_averaging_if_triggered(val_loss)
+        self.log(record)
+        self.state.window_loss, self.state.window_steps = 0.0, 0
+        self.window_tokens, self.window_start = 0, time.perf_counter()
+        self.last_eval = self.window_start
+        return self.config.patience is not None and self.state.evaluations_since_best >= self.config.patience
+
+    def metrics_record(self, val_loss: float) -> dict[str, Any]:
+        """A line of metrics.jsonl, less whether it is the best and whether the weights are averaged."""
+        state, now = self.state, time.perf_counter()
+        return {
+            "step": state.step, "epoch": state.epoch, "tokens": state.tokens,
+            "train_loss": state.window_loss / state.window_steps if state.window_steps else None,
+            "val_loss": val_loss, "val_bpc": val_loss * self.tokens_per_char / math.log(2),
             "val_ppl": math.exp(min(val_loss, 700)),
-            "val_word_ppl": units.word_perplexity(val_loss, valid_counts.tokens, valid_counts.words),
-            "lr": optimizer.param_groups[0]["lr"],
-            "tokens_per_s": window_tokens * dist.world_size / max(1e-9, now - window_start),
-            "elapsed_s": now - started,
-            "rollbacks": run.rollbacks,
+            "val_word_ppl": units.word_perplexity(val_loss, self.valid_counts.tokens, self.valid_counts.words),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "tokens_per_s": self.window_tokens * self.dist.world_size / max(1e-9, now - self.window_start),
+            "elapsed_s": now - self.started,
+            "rollbacks": state.rollbacks,
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
-        improved = val_loss < run.best_val_loss
-        if improved:
-            run.best_val_loss = val_loss
-            run.evaluations_since_best = 0
-            run.rollbacks_since_best = 0
-            if writes:
-                if not saved:
-                    make_model_dir()
-                with average.swapped_in(model) if average else nullcontext():
-                    checkpoint.save_weights(output, model, {"step": str(run.step), "val_loss": repr(val_loss)})
-        else:
-            run.evaluations_since_best += 1
-            if config.schedule == "plateau":
-                run.lr_scale *= 0.5
-                reporter.event(f"step {run.step}: no better validation loss; learning rate halved")
-        record["best"] = improved
-        record["averaging"] = average is not None
-        if config.optimizer == "ntasgd" and average is None:
-            run.val_losses.append(val_loss)
-            if averaging_triggered(run.val_losses, config.nonmono):
-                average = WeightAverage(model)
-                reporter.event(f"step {run.step}: validation loss stopped improving; averaging the weights from here (NT-ASGD)")
-        if writes:
-            checkpoint.append_metrics(output, record)
-            if tensorboard is not None:
+
+    def keep_if_best(self, val_loss: float) -> bool:
+        """Save the weights if the loss is the lowest yet; else count a non-improving evaluation (and
+        halve the rate under the plateau schedule). True if it was the best."""
+        state = self.state
+        if not val_loss < state.best_val_loss:  # a NaN loss is no improvement either
+            state.evaluations_since_best += 1
+            if self.config.schedule == "plateau":
+                state.lr_scale *= 0.5
+                self.reporter.event(f"step {state.step}: no better validation loss; learning rate halved")
+            return False
+        state.best_val_loss = val_loss
+        state.evaluations_since_best = 0
+        state.rollbacks_since_best = 0
+        if self.writes:
+            self.make_model_dir()
+            with self.weights_in_use():
+                checkpoint.save_weights(self.output, self.model, {"step": str(state.step), "val_loss": repr(val_loss)})
+        return True
+
+    def start_averaging_if_triggered(self, val_loss: float) -> None:
+        """NT-ASGD: record the loss, and begin averaging once it stops improving."""
+        if self.config.optimizer != "ntasgd" or self.average is not None:
+            return
+        self.state.val_losses.append(val_loss)
+        if averaging_triggered(self.state.val_losses, self.config.nonmono):
+            self.average = WeightAverage(self.model)
+            self.reporter.event(f"step {self.state.step}: validation loss stopped improving; averaging the weights "
+                                "from here (NT-ASGD)")
+
+    def log(self, record: dict[str, Any]) -> None:
+        """The record to metrics.jsonl, TensorBoard, the history and the reporter."""
+        if self.writes:
+            checkpoint.append_metrics(self.output, record)
+            if self.tensorboard is not None:
                 for key in ("train_loss", "val_loss", "val_bpc", "lr", "tokens_per_s"):
                     if record[key] is not None:
-                        tensorboard.add_scalar(key, record[key], run.step)
-                tensorboard.flush()
-        history.append(record)
-        reporter.evaluation(record)
-        run.window_loss, run.window_steps = 0.0, 0
-        window_tokens, window_start = 0, time.perf_counter()
-        last_eval = window_start
-        return config.patience is not None and run.evaluations_since_best >= config.patience
+                        self.tensorboard.add_scalar(key, record[key], self.state.step)
+                self.tensorboard.flush()
+        self.history.append(record)
+        self.reporter.evaluation(record)
 
-    def save_checkpoint() -> None:
-        nonlocal last_checkpoint
-        run.elapsed_s = time.perf_counter() - started
-        generators = dist.gather(torch.get_rng_state()[None].to(device), 0).cpu()
-        tensors = {f"rng.cpu.{rank}": state.clone() for rank, state in enumerate(generators)}
-        if device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-        if carried is not None:  # the state tuple, one tensor each, batch rows on axis 1
-            tensors |= {f"carried.{i}": dist.gather(part, 1).cpu() for i, part in enumerate(carried)}
-        if average is not None:
-            tensors |= {f"average.{name}": mean.cpu() for name, mean in average.means.items()}
-            run.averaged_steps = average.steps
-        if writes:
-            if not saved:
-                make_model_dir()
-            checkpoint.save_checkpoint(output, model, optimizer.state_dict(), asdict(run), tensors)
-        last_checkpoint = time.perf_counter()
+    def make_model_dir(self) -> None:
+        """Create the model directory at the first save (rank 0), and only then name it the latest model."""
+        if self.saved:
+            return
+        checkpoint.create_model_dir(self.output, self.model, self.corpus.tokenizer, self.settings,
+                                    {"step": str(self.state.step)})
+        project.record_latest(self.output)  # only now: a run killed before its first model changes no default
+        self.tensorboard = open_tensorboard(self.output)
+        self.saved = True
 
-    def batches() -> Iterator[tuple[bool, np.ndarray, np.ndarray]]:
-        """(last of its epoch, inputs, targets) from the saved position on, until the epochs are spent."""
-        while config.epochs is None or run.epoch <= config.epochs:
-            tokens = corpus.train_tokens(run.epoch)  # a sampled segmentation per epoch under subword regularisation
-            epoch_row_length = (len(tokens) - 1) // config.batch_size
-            window_length = variable_window_length(config.bptt, config.random_seed, run.epoch) if config.variable_bptt else None
-            for column, inputs, targets in stream_batches(tokens, config.batch_size, config.bptt, run.column, window_length):
-                run.column = column + inputs.shape[1]
-                yield run.column >= epoch_row_length, inputs[local_rows], targets[local_rows]
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint `resume` continues from: weights, optimiser, RunState, every rank's
+        random generator and carried state, and the weight average."""
+        state, dist = self.state, self.dist
+        state.elapsed_s = time.perf_counter() - self.started
+        generators = dist.gather(torch.get_rng_state()[None].to(self.device), 0).cpu()
+        tensors = {f"rng.cpu.{rank}": generator.clone() for rank, generator in enumerate(generators)}
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.carried is not None:  # the state tuple, one tensor each, batch rows on axis 1
+            tensors |= {f"carried.{i}": dist.gather(part, 1).cpu() for i, part in enumerate(self.carried)}
+        if self.average is not None:
+            tensors |= {f"average.{name}": mean.cpu() for name, mean in self.average.means.items()}
+            state.averaged_steps = self.average.steps
+        if self.writes:
+            self.make_model_dir()
+            checkpoint.save_checkpoint(self.output, self.model, self.optimizer.state_dict(), asdict(state), tensors)
+        self.last_checkpoint = time.perf_counter()
 
-    model.train()
-    with deferred_interrupts() as interrupted:
-        for end_of_epoch, inputs, targets in batches():
-            # a variable window's rate follows its length, so that every token weighs the same (AWD-LSTM)
-            window_scale = inputs.shape[1] / config.bptt if config.variable_bptt else 1.0
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, run.step, run.epoch, progress(), run.lr_scale) * window_scale
-            x = torch.from_numpy(inputs).to(device, non_blocking=True)
-            y = torch.from_numpy(targets).to(device, non_blocking=True)
-            loss_value, finite, carried = train_step(trainer, optimizer, scaler, x, y, carried, config.clip, amp_dtype)
-            if finite:
-                run.step += 1
-                run.tokens += y.numel() * dist.world_size
-                run.window_loss += loss_value
-                run.window_steps += 1
-                window_tokens += y.numel()
-                if average is not None:
-                    average.update(model)
-                if run.step % SNAPSHOT_EVERY == 0:
-                    good = Snapshot.take(model, optimizer)
-            else:
-                run.rollbacks_since_best += 1
-                if run.rollbacks_since_best >= MAX_ROLLBACKS_WITHOUT_PROGRESS:
-                    raise diverged(run, output if saved else None)
-                good.restore(model, optimizer)
-                carried = None
-                run.lr_scale *= 0.5
-                run.rollbacks += 1
-                reporter.event(f"step {run.step}: non-finite {'loss' if not math.isfinite(loss_value) else 'gradient'}; "
-                               f"rolled back to the last good weights, learning rate halved")
-            now = time.perf_counter()
-            reporter.step({"step": run.step, "epoch": run.epoch, "loss": loss_value, "progress": progress(),
-                           "tokens_per_s": window_tokens * dist.world_size / max(1e-9, now - window_start),
-                           "elapsed_s": now - started})
-            out_of_time, eval_due, checkpoint_due, stop_now = dist.agree([
-                bool(config.max_time and now - started >= config.max_time),
-                not config.eval_every and now - last_eval >= eval_interval,
-                not config.checkpoint_every and now - last_checkpoint >= config.checkpoint_interval,
-                interrupted(),
-            ])
-            eval_due = eval_due or bool(config.eval_every and run.step % config.eval_every == 0)
-            checkpoint_due = checkpoint_due or bool(config.checkpoint_every and run.step % config.checkpoint_every == 0)
-            if out_of_time:
-                stopped_because = "max-time"
-            if stop_now:
-                stopped_because = "interrupted"
-            if (end_of_epoch or eval_due or out_of_time) and run.window_steps and evaluate():
-                stopped_because = "patience"
-            if end_of_epoch:
-                run.epoch += 1
-                run.column = 0
-                carried = None
-            if checkpoint_due or stopped_because != "epochs":
-                save_checkpoint()
-            if stopped_because != "epochs":
-                break
-        else:
-            if run.window_steps or not saved:
-                evaluate()  # a resumed run whose last steps were not evaluated, or one with no steps at all
-            save_checkpoint()
-    if tensorboard is not None:
-        tensorboard.close()
-    if stopped_because == "interrupted":
-        reporter.event(f"interrupted at step {run.step}; checkpoint saved: continue with --resume {output}")
-        raise KeyboardInterrupt
-    result = TrainResult(output, run.step, run.tokens, time.perf_counter() - started, run.best_val_loss,
-                         run.best_val_loss * tokens_per_char / math.log(2), stopped_because, history,
-                         units.word_perplexity(run.best_val_loss, valid_counts.tokens, valid_counts.words),
-                         corpus.tokenizer.kind, round(peak_rss_mb(), 1))
-    reporter.finish(result)
-    return result
+    def finish(self) -> TrainResult:
+        """Close TensorBoard; the result, or KeyboardInterrupt once an interrupted run is saved."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        state = self.state
+        if self.stopped_because == "interrupted":
+            self.reporter.event(f"interrupted at step {state.step}; checkpoint saved: "
+                                f"continue with --resume {self.output}")
+            raise KeyboardInterrupt
+        result = TrainResult(self.output, state.step, state.tokens, time.perf_counter() - self.started,
+                             state.best_val_loss, state.best_val_loss * self.tokens_per_char / math.log(2),
+                             self.stopped_because, self.history,
+                             units.word_perplexity(state.best_val_loss, self.valid_counts.tokens, self.valid_counts.words),
+                             self.corpus.tokenizer.kind, round(peak_rss_mb(), 1))
+        self.reporter.finish(result)
+        return result
 
 
 def check_resumable(output: Path, corpus: PreparedCorpus) -> None:

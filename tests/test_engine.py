@@ -182,14 +182,18 @@ def test_endless_non_finite_losses_end_with_a_clear_error(tmp_path: Path, monkey
 
 def test_plateau_halves_the_rate_and_patience_stops(tmp_path: Path) -> None:
     corpus = small_corpus(tmp_path)
-    config = replace(RUN, schedule="plateau", lr=1e-6, epochs=3, eval_every=2, patience=2, warmup_steps=0)
+    # a rate so small that no update changes a weight: every validation after the first is no better
+    config = replace(RUN, optimizer="sgd", schedule="plateau", lr=1e-30, epochs=3, eval_every=2, patience=3,
+                     warmup_steps=0)
     log = LossLog()
     result = train(corpus, tmp_path / "model", model_config(corpus), config, log)
     records = read_metrics(tmp_path / "model")
-    for before, after in zip(records, records[1:]):
-        assert after["lr"] == pytest.approx(before["lr"] * (1 if before["best"] else 0.5))
-    if result.stopped_because == "patience":
-        assert [r["best"] for r in records[-2:]] == [False, False]
+    assert len({r["val_loss"] for r in records}) == 1  # the premise: the weights never change
+    assert [r["best"] for r in records] == [True, False, False, False]  # stops after exactly `patience` of them
+    assert result.stopped_because == "patience" and result.steps == 4 * config.eval_every
+    # the rate of the steps after each validation: unchanged after the best one, then halved after each other
+    assert [r["lr"] for r in records] == [1e-30, 1e-30, 0.5e-30, 0.25e-30]
+    assert sum("learning rate halved" in event for event in log.events) == 3
 
 
 def free_port() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from rnnlm.checkpoint import load_checkpoint, load_model, read_metrics
 from rnnlm.config import PRESETS, TrainConfig
 from rnnlm.data import PrepareOptions, PreparedCorpus, prepare
 from rnnlm.model import ModelConfig, RNNLanguageModel, dropout_mask
+from rnnlm import training
 from rnnlm.training import (
     MODEL_SETTINGS,
     SilentReporter,
@@ -25,6 +27,7 @@ from rnnlm.training import (
     averaging_triggered,
     learning_rate,
     train,
+    train_step,
 )
 
 PLAIN = ModelConfig(vocab_size=40, cell="lstm", layers=2, embedding_size=12, hidden_size=16, dropout=0.0, tie=True)
@@ -186,7 +189,8 @@ class Events(SilentReporter):
         self.events.append(message)
 
 
-def test_ntasgd_averages_after_the_trigger_and_saves_the_average(corpus: PreparedCorpus, tmp_path: Path) -> None:
+def test_ntasgd_averages_after_the_trigger_and_saves_the_average(corpus: PreparedCorpus, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     awd = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, layers=2, embedding_size=16, hidden_size=24, dropout=0.3,
                       input_dropout=0.3, layer_dropout=0.2, embedding_dropout=0.1, weight_dropout=0.3,
                       locked_dropout=True, activation_penalty=2.0, temporal_penalty=1.0, tie=True)
@@ -194,18 +198,44 @@ def test_ntasgd_averages_after_the_trigger_and_saves_the_average(corpus: Prepare
     config = TrainConfig(optimizer="ntasgd", lr=30.0, clip=0.25, schedule="constant", warmup_steps=0, nonmono=1,
                          epochs=3, batch_size=8, bptt=16, eval_every=5, checkpoint_every=7, patience=None,
                          precision="fp32", device="cpu")
+    weights: list[dict[str, torch.Tensor]] = []  # after each applied step: weights[k] after step k + 1
+
+    def recording_step(model: torch.nn.Module, *args: Any) -> tuple[float, bool, Any]:
+        loss, finite, carried = train_step(model, *args)
+        if finite:
+            weights.append({name: p.detach().double().clone() for name, p in model.named_parameters()})
+        return loss, finite, carried
+
+    monkeypatch.setattr(training, "train_step", recording_step)
     reporter = Events()
     result = train(corpus, tmp_path / "model", awd, config, reporter)
-    assert any("averaging" in event for event in reporter.events)
+    assert result.steps == len(weights)
     metrics = read_metrics(tmp_path / "model")
-    assert metrics[0]["averaging"] is False and metrics[-1]["averaging"] is True
-    saved = load_checkpoint(tmp_path / "model", "cpu")
-    assert saved.state["averaged_steps"] > 0
-    assert any(key.startswith("average.") for key in saved.tensors)
-    if metrics[-1]["best"]:  # the saved weights are the average, not the raw weights
-        weights = load_model(tmp_path / "model").model.state_dict()
-        assert torch.equal(weights["embedding.weight"], saved.tensors["average.embedding.weight"])
-    assert result.steps > 0
+    # averaging begins at the first evaluation where NT-ASGD's trigger fires, and not before
+    losses = [record["val_loss"] for record in metrics]
+    first = next(i for i in range(len(losses)) if averaging_triggered(losses[:i + 1], config.nonmono))
+    trigger = metrics[first]["step"]
+    assert [record["averaging"] for record in metrics] == [i > first for i in range(len(metrics))]
+    assert [event for event in reporter.events if "averaging" in event] == [
+        f"step {trigger}: validation loss stopped improving; averaging the weights from here (NT-ASGD)"]
+
+    def mean_since_trigger(step: int) -> dict[str, torch.Tensor]:
+        """The mean of the weights after each step from the trigger's next to `step`."""
+        return {name: torch.stack([w[name] for w in weights[trigger:step]]).mean(0) for name in weights[0]}
+
+    def assert_close_to(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+        assert saved.keys() == expected.keys()
+        for name, mean in expected.items():
+            torch.testing.assert_close(saved[name].double(), mean, rtol=1e-5, atol=1e-6)
+
+    saved = load_checkpoint(tmp_path / "model", "cpu")  # the last checkpoint, at the end of the run
+    assert saved.state["step"] == result.steps and saved.state["averaged_steps"] == result.steps - trigger
+    assert_close_to({k.removeprefix("average."): t for k, t in saved.tensors.items() if k.startswith("average.")},
+                    mean_since_trigger(result.steps))
+    best = [record for record in metrics if record["best"]][-1]
+    assert best["averaging"] and best["step"] > trigger + 1  # the best weights are an average of several steps
+    model = load_model(tmp_path / "model").model
+    assert_close_to(dict(model.named_parameters()), mean_since_trigger(best["step"]))
 
 
 def test_every_preset_builds_its_model_and_training_settings() -> None:
