@@ -170,19 +170,26 @@ def validation_loss(model: nn.Module, data: Data, shape: Shape) -> float:
     return total / count
 
 
-def recurrent_multiply_adds(cell: str, inputs: int, hidden: int) -> int:
+def recurrent_multiply_adds(cell: str, inputs: int, hidden: int, memory: int) -> int:
     """Per token and layer: the LSTM's four gates from input and hidden state; the SRU's three
-    projections of the input (four where the highway needs one); the Mogrifier's LSTM plus its
-    rounds (default 5, alternately hidden-to-input and input-to-hidden, each inputs × hidden)."""
+    projections of the input (four where the highway needs one); SRU++'s query (a quarter of the
+    hidden size), keys and values of the queries, attention over `memory` positions and the output
+    projection to the SRU's blocks; the Mogrifier's LSTM plus its rounds (default 5, alternately
+    hidden-to-input and input-to-hidden, each inputs × hidden)."""
+    blocks = 3 if inputs == hidden else 4
     if cell == "sru":
-        return (3 if inputs == hidden else 4) * hidden * inputs
+        return blocks * hidden * inputs
+    if cell == "sru++":
+        query = max(1, hidden // 4)
+        return inputs * query + 2 * query * query + 2 * query * memory + query * blocks * hidden
     rounds = ModelConfig(vocab_size=1).mogrifier_rounds if cell == "mogrifier" else 0
     return 4 * hidden * (inputs + hidden) + rounds * inputs * hidden
 
 
 def training_flops_per_token(vocab_size: int, shape: Shape, cell: str = "lstm") -> float:
-    """Multiply-adds of the recurrent layers and the decoder, times 2 for FLOPs and 3 for forward and backward."""
-    recurrent = sum(recurrent_multiply_adds(cell, shape.embedding if layer == 0 else shape.hidden, shape.hidden)
+    """Multiply-adds of the recurrent layers and the decoder, times 2 for FLOPs and 3 for forward and
+    backward. SRU++ attends over --bptt positions, its default attention memory."""
+    recurrent = sum(recurrent_multiply_adds(cell, shape.embedding if layer == 0 else shape.hidden, shape.hidden, shape.bptt)
                     for layer in range(shape.layers))
     return 6.0 * (recurrent + shape.hidden * vocab_size)
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
+from rnnlm.cells import cell_named
 from rnnlm.errors import UserError
 from rnnlm.model import ModelConfig, RNNLanguageModel, count_parameters
 
 GIB = 1 << 30
 MIB = 1 << 20
 TRAINING_BYTES_PER_PARAMETER = 32  # fp32 weights, gradients, two optimiser moments, the rollback snapshot and its copy
-ACTIVATION_FLOATS_PER_UNIT = 12  # per token, layer and hidden unit: gates, cell and hidden states, their gradients
 
 
 def parameter_count(config: ModelConfig) -> int:
@@ -30,12 +30,18 @@ def parameter_count(config: ModelConfig) -> int:
         return count_parameters(RNNLanguageModel(config))
 
 
+def saved_floats_per_token(config: ModelConfig, window: int) -> int:
+    """What one training token keeps for the backward pass: each layer's (its cell says how much),
+    the embedding's (the vector and its dropout mask) and the decoder's (logits, log-probabilities,
+    their gradient)."""
+    decoder_width = config.softmax_head + 1 if config.softmax_head else config.vocab_size
+    layer = cell_named(config.cell).layer_class()
+    return config.layers * layer.saved_floats(config, window) + 2 * config.embedding_size + 3 * decoder_width
+
+
 def training_bytes(config: ModelConfig, rows: int, window: int) -> int:
     """About the memory of training with `rows` streams of `window` tokens (an upper estimate)."""
-    tokens = rows * window
-    decoder_width = config.softmax_head + 1 if config.softmax_head else config.vocab_size
-    activations = tokens * (config.layers * config.hidden_size * ACTIVATION_FLOATS_PER_UNIT + 3 * decoder_width)
-    return parameter_count(config) * TRAINING_BYTES_PER_PARAMETER + 4 * activations
+    return parameter_count(config) * TRAINING_BYTES_PER_PARAMETER + 4 * rows * window * saved_floats_per_token(config, window)
 
 
 def inference_bytes(config: ModelConfig) -> int:

@@ -190,6 +190,40 @@ def test_save_and_load_are_bit_exact(cell_run: CellRun, tmp_path: Path) -> None:
         assert torch.equal(first.model(tokens)[0], second.model(tokens)[0])
 
 
+def saved_bytes(model: RNNLanguageModel, rows: int, window: int, precision: torch.dtype | None) -> int:
+    """The bytes of the tensors autograd keeps for the backward pass of one training window,
+    the parameters themselves left out (each storage counted once)."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    tokens = torch.randint(0, model.config.vocab_size, (rows, window + 1), generator=torch.Generator().manual_seed(1))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        with torch.autocast("cpu", precision or torch.float32, enabled=precision is not None):
+            model(tokens[:, :-1], targets=tokens[:, 1:])
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("precision", [None, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_the_memory_estimate_covers_what_training_keeps_per_token(cell: str, precision: torch.dtype | None) -> None:
+    from rnnlm.sizing import saved_floats_per_token
+
+    config = tiny_config(cell, 40, embedding_size=32, hidden_size=48, mogrifier_rounds=4, attention_memory=96)
+    model = RNNLanguageModel(config).train()
+    window = 20
+    per_token = (saved_bytes(model, 12, window, precision) - saved_bytes(model, 6, window, precision)) / (6 * window)
+    estimate = 4 * saved_floats_per_token(config, window)
+    assert per_token <= estimate, (per_token, estimate)  # an upper estimate, in bf16 too
+    if precision is None:
+        assert estimate < 2 * per_token, (per_token, estimate)  # and not so loose that it refuses runs that fit
+
+
 # ---------------------------------------------------------------------------------------
 # bf16 training and DistributedDataParallel
 

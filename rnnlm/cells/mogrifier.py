@@ -16,11 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlm.cells.layer import State, ZeroState
+from rnnlm.cells.layer import SavedActivations, State, ZeroState
 
 
-class MogrifierLayer(ZeroState, nn.Module):
+class MogrifierLayer(ZeroState, SavedActivations, nn.Module):
     state_arity = 2  # (h, c)
+    saved_floats_per_unit = 20  # the step-by-step LSTM keeps each gate's input and output
+
+    @classmethod
+    def saved_floats(cls, config: Any, window: int) -> int:
+        """An LSTM's, and two vectors per round of gating (the gate and the gated vector)."""
+        return (cls.saved_floats_per_unit + 2 * config.mogrifier_rounds) * config.hidden_size
 
     def __init__(self, input_size: int, hidden_size: int, config: Any) -> None:
         super().__init__()

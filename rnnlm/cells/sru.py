@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlm.cells.layer import State, ZeroState
+from rnnlm.cells.layer import SavedActivations, State, ZeroState
 from rnnlm.cells.sru_recurrence import recurrence
 
 
-class SRULayer(ZeroState, nn.Module):
+class SRULayer(ZeroState, SavedActivations, nn.Module):
     state_arity = 1  # c
 
     def __init__(self, input_size: int, hidden_size: int, config: Any) -> None:

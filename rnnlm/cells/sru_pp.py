@@ -37,6 +37,11 @@ class SRUPlusPlusLayer(SRULayer):
         self.output = nn.Linear(size, self.blocks * hidden_size, bias=False)
         self.alpha = nn.Parameter(torch.ones(1))
 
+    @classmethod
+    def saved_floats(cls, config: Any, window: int) -> int:
+        """An SRU's, and three floats (score, masked score, weight) per position each token attends over."""
+        return super().saved_floats(config, window) + 3 * (config.attention_memory + window)
+
     def initial_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> State:
         c = torch.zeros(1, batch_size, self.hidden_size, dtype=dtype, device=device)
         queries = torch.zeros(1, batch_size, self.memory, self.query.out_features, dtype=dtype, device=device)

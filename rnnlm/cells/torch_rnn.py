@@ -11,11 +11,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from rnnlm.cells.layer import State, ZeroState
+from rnnlm.cells.layer import SavedActivations, State, ZeroState
 
 
-class LSTMLayer(ZeroState, nn.LSTM):
+class LSTMLayer(ZeroState, SavedActivations, nn.LSTM):
     state_arity = 2  # (h, c)
+    saved_floats_per_unit = 20  # oneDNN keeps its gate workspace beside the states
 
     def __init__(self, input_size: int, hidden_size: int, config: Any) -> None:
         nn.LSTM.__init__(self, input_size, hidden_size, batch_first=True)
@@ -25,7 +26,7 @@ class LSTMLayer(ZeroState, nn.LSTM):
         return y, (h, c)
 
 
-class GRULayer(ZeroState, nn.GRU):
+class GRULayer(ZeroState, SavedActivations, nn.GRU):
     state_arity = 1
 
     def __init__(self, input_size: int, hidden_size: int, config: Any) -> None:
@@ -36,10 +37,11 @@ class GRULayer(ZeroState, nn.GRU):
         return y, (h,)
 
 
-class RNNLayer(ZeroState, nn.RNN):
+class RNNLayer(ZeroState, SavedActivations, nn.RNN):
     """The Elman RNN; the cell's name (rnn_tanh, rnn_relu) gives its nonlinearity."""
 
     state_arity = 1
+    saved_floats_per_unit = 6  # one pre-activation and one output per step
 
     def __init__(self, input_size: int, hidden_size: int, config: Any) -> None:
         nn.RNN.__init__(self, input_size, hidden_size, nonlinearity=config.cell.removeprefix("rnn_"), batch_first=True)
