@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
-from conftest import TrainedModel, run_cli
+from conftest import TrainedModel, cli_env, run_cli
 
 from rnnlm.info import ModelDetails, model_details
 
@@ -140,3 +142,13 @@ def test_damaged_files_are_one_line_and_exit_1(trained: TrainedModel, tmp_path: 
         result = run_cli("info", copy)
         assert result.returncode == 1, result
         assert len(result.stderr_lines) == 1 and result.stderr_lines[0].startswith(f"rnnlm: error: {copy / name}"), result
+
+
+def test_info_reads_no_weights_and_imports_no_torch(trained: TrainedModel) -> None:
+    completed = subprocess.run([sys.executable, "-X", "importtime", "-m", "rnnlm", "info", str(trained.directory)],
+                               capture_output=True, env=cli_env(), timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    imported = [line.rsplit(b"|", 1)[-1].strip().decode() for line in completed.stderr.splitlines()
+                if line.startswith(b"import time:")]
+    assert "rnnlm.info" in imported  # importtime really reported the imports
+    assert [name for name in imported if name.split(".")[0] in ("torch", "numpy", "safetensors")] == []
