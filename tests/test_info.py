@@ -50,7 +50,8 @@ def test_json_gives_every_field_with_the_models_values(trained: TrainedModel) ->
     assert (shown["steps"], shown["epochs_completed"]) == (trained.result.steps, 8)
     assert 0 < shown["training_s"] <= trained.result.elapsed_s
     assert (shown["precision"], shown["autocast"]) == ("fp32", "fp32")
-    assert shown["rnnlm_version"] is None  # not recorded by this version's training
+    config = json.loads((trained.directory / "config.json").read_text())
+    assert shown["rnnlm_version"] == config.get("rnnlm_version")  # null where training does not record it
     assert datetime.fromisoformat(shown["created_at"]).tzinfo is not None
 
 
@@ -89,8 +90,16 @@ def test_human_output_names_each_figure_with_its_unit(trained: TrainedModel) -> 
     assert values["best validation"].startswith(f"{shown.val_nats_per_token:.4f} nats/token, "
                                                 f"perplexity {shown.val_ppl:.2f} per token")
     assert f"{shown.val_bpc:.3f} bits/char" in values["best validation"]
-    assert values["rnnlm version"] == "unknown"
+    assert values["rnnlm version"] == (shown.rnnlm_version or "unknown")
     assert len(lines) == len(values) == 17 and result.stderr == ""
+
+
+def test_the_recorded_rnnlm_version_is_shown(trained: TrainedModel, tmp_path: Path) -> None:
+    copy = shutil.copytree(trained.directory, tmp_path / "model")
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(config | {"rnnlm_version": "0.9.1"}))
+    assert info_json(copy)["rnnlm_version"] == "0.9.1"
+    assert "rnnlm version    0.9.1" in run_cli("info", copy).stdout
 
 
 def test_the_library_function_gives_the_json_output(trained: TrainedModel) -> None:
