@@ -693,7 +693,7 @@ def models(
 @app.command()
 @ends_quietly_on_closed_pipe
 def info(
-    model: Annotated[Optional[Path], typer.Argument(help=MODEL_HELP, show_default=False, autocompletion=complete_model_directory)] = None,
+    model: Annotated[Optional[Path], typer.Argument(help=MODEL_HELP, metavar="MODEL", show_default=False, autocompletion=complete_model_directory)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: path, cell, direction, layers, embedding_size, hidden_size, vocab_size, softmax_head, tie, parameters, tokenizer, corpus_sources, corpus_directory, train_tokens, valid_tokens, test_tokens, max_time_s, epochs, training_s, steps, epochs_completed, best_step, val_nats_per_token, val_ppl, val_word_ppl, val_bpc, precision, autocast, created_at, rnnlm_version.")] = False,
     quiet: QuietOption = False,
 ) -> None:

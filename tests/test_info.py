@@ -18,7 +18,8 @@ from conftest import TrainedModel, cli_env, run_cli
 
 from rnnlm.info import ModelDetails, model_details
 
-FIELDS = set(ModelDetails.__dataclass_fields__)
+FIELDS_IN_ORDER = tuple(ModelDetails.__dataclass_fields__)
+FIELDS = set(FIELDS_IN_ORDER)
 
 
 def info_json(*args: str | Path, cwd: Path | None = None) -> dict:
@@ -161,3 +162,12 @@ def test_info_reads_no_weights_and_imports_no_torch(trained: TrainedModel) -> No
                 if line.startswith(b"import time:")]
     assert "rnnlm.info" in imported  # importtime really reported the imports
     assert [name for name in imported if name.split(".")[0] in ("torch", "numpy", "safetensors")] == []
+
+
+def test_the_json_help_lists_every_key_in_order() -> None:
+    import typer
+
+    from rnnlm.cli import app
+
+    option = next(p for p in typer.main.get_command(app).commands["info"].params if p.name == "as_json")
+    assert option.help.split(": ", 1)[1].rstrip(".").split(", ") == list(FIELDS_IN_ORDER)
