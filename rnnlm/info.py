@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rnnlm import project
+from rnnlm import project, units
 from rnnlm.errors import UserError
 from rnnlm.model_files import CHECKPOINT, CHECKPOINT_STATE, CONFIG, METRICS, MODEL_DIRECTORY, WEIGHTS
 from rnnlm.outputs import read_marker
@@ -91,14 +91,16 @@ class ModelDetails:
         return f"{layout}; embedding and decoder {tied}"
 
     def _validation_text(self) -> str:
+        """The model's natural unit first (rnnlm.units), as every other validation figure is told."""
         if self.val_nats_per_token is None:
             return "unknown"
-        parts = [f"{self.val_nats_per_token:.4f} nats/token", f"perplexity {self.val_ppl:.2f} per token"]
-        if self.val_word_ppl is not None:
-            parts.append(f"perplexity {self.val_word_ppl:.2f} per word")
-        if self.val_bpc is not None:
-            parts.append(f"{self.val_bpc:.3f} bits/char")
-        return ", ".join(parts) + f" (step {_known(self.best_step)})"
+        per_unit = {
+            units.WORD_PERPLEXITY: None if self.val_word_ppl is None else f"perplexity {self.val_word_ppl:.2f} per word",
+            units.BITS_PER_CHARACTER: None if self.val_bpc is None else f"{self.val_bpc:.3f} bits/char"}
+        natural = [per_unit.pop(unit) for unit in units.natural_units(self.tokenizer or "")]
+        parts = [*natural, f"{self.val_nats_per_token:.4f} nats/token", f"perplexity {self.val_ppl:.2f} per token",
+                 *per_unit.values()]
+        return ", ".join(part for part in parts if part) + f" (step {_known(self.best_step)})"
 
 
 def _known(value: object) -> str:
