@@ -31,7 +31,6 @@ app = typer.Typer(
     "Log-probabilities are natural logs (nats) unless a base is chosen. Tokens include one end-of-line token "
     "per line; words are whitespace words plus one per line end; bits per character count Unicode code points "
     "including the newline.",
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -40,9 +39,20 @@ app = typer.Typer(
 MODEL_HELP = ("Model directory. Without it: the directory RNNLM_MODEL names, else the current project's latest model "
               "(named by the nearest models/latest from here upwards), else the user-wide latest ($RNNLM_HOME/latest); a line "
               "on stderr then says which model answered. 'rnnlm models' lists them.")
-ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", show_default=False, help=MODEL_HELP)]
+
+
+def complete_model_directory(incomplete: str) -> list[str]:
+    """The shell's completions of a model directory (rnnlm.completion), imported only when asked."""
+    from rnnlm.completion import model_directories
+
+    return model_directories(incomplete)
+
+
+ModelOption = Annotated[Optional[Path], typer.Option("--model", "-m", show_default=False, help=MODEL_HELP,
+                                                     autocompletion=complete_model_directory)]
 ModelsOption = Annotated[Optional[list[Path]], typer.Option(
-    "--model", "-m", show_default=False, help=MODEL_HELP + " Repeat to combine several models.")]
+    "--model", "-m", show_default=False, help=MODEL_HELP + " Repeat to combine several models.",
+    autocompletion=complete_model_directory)]
 WeightsOption = Annotated[Optional[str], typer.Option(
     "--weights", show_default=False,
     help="With several -m: comma-separated weights of the models' line log-probabilities, combined log-linearly "
@@ -678,6 +688,35 @@ def models(
         Console(width=None if sys.stdout.isatty() else 240).print(models_table(listed, shown(folder)))
     used = next((info for info in listed if info.default), None)
     typer.echo(f"used here without -m: {shown(used.path)} ({used.default})" if used else f"used here without -m: none ({unusable})")
+
+
+@app.command()
+@ends_quietly_on_closed_pipe
+def info(
+    model: Annotated[Optional[Path], typer.Argument(help=MODEL_HELP, metavar="MODEL", show_default=False, autocompletion=complete_model_directory)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: path, cell, direction, layers, embedding_size, hidden_size, vocab_size, softmax_head, tie, parameters, tokenizer, corpus_sources, corpus_directory, train_tokens, valid_tokens, test_tokens, max_time_s, epochs, training_s, steps, epochs_completed, best_step, val_nats_per_token, val_ppl, val_word_ppl, val_bpc, precision, autocast, created_at, rnnlm_version.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Describe a model: cell and sizes, parameters, tokenizer and vocabulary, training corpus and
+    its token counts, budget and time used, best validation figures, precision, creation time.
+
+    Read from the model directory's files without loading the model, so it answers at once.
+    Validation losses are in nats per token; perplexities per token and per word; bits per
+    character count code points, newlines included. Unknown figures (a model from an older
+    rnnlm) are shown as unknown (null in JSON).
+    """
+    from rnnlm.info import model_details
+    from rnnlm.inventory import notice
+    from rnnlm.project import resolve_model
+
+    chosen = resolve_model(model)
+    details = model_details(chosen.path)
+    if not (quiet or chosen.named_by_user):
+        typer.echo(notice(chosen), err=True)
+    if as_json:
+        typer.echo(json.dumps(details.to_json()))
+    else:
+        typer.echo("\n".join(details.text_lines()))
 
 
 def _click_exception(name: str) -> type[Exception]:
