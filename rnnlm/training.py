@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnlm import checkpoint, outputs, project, units
+from rnnlm import __version__, checkpoint, outputs, project, units
 from rnnlm.config import TrainConfig, check_device_name
 from rnnlm.data import PreparedCorpus, TextCounts, mean_window_length, stream_batches, variable_window_length
 from rnnlm.direction import reversed_corpus
@@ -440,6 +440,7 @@ def model_settings(corpus: PreparedCorpus, model_config: ModelConfig, config: Tr
     return {
         "format": checkpoint.MODEL_FORMAT,
         "version": 1,
+        "rnnlm_version": __version__,
         "model": model_config.to_dict(),
         "training": asdict(config) | {"device": str(device), "autocast": str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32"},
         "corpus": {"directory": str(corpus.directory), "tokenizer": corpus.tokenizer.kind,
