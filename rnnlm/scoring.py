@@ -84,7 +84,8 @@ def stream_totals(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window
     totals = NLLTotals()
     for column in range(0, row_length, window):
         block = torch.from_numpy(np.ascontiguousarray(grid[:, column : column + window + 1])).to(device)
-        logprobs, state = model(block[:, :-1], state, targets=block[:, 1:])
+        output = model(block[:, :-1], state, targets=block[:, 1:])
+        logprobs, state = output.target_log_probs, output.state
         totals.nll -= logprobs.sum().item()
         totals.tokens += logprobs.numel()
         if unk_id is not None:
@@ -149,8 +150,8 @@ def score_long_line(model: RNNLanguageModel, tokenizer: Tokenizer, line: str, de
     logprobs: list[np.ndarray] = []
     for block in token_windows(_line_slices(tokenizer, line, model.config.reverse), tokenizer.eol_id, window):
         tensor = torch.from_numpy(block).to(device)[None]
-        values, state = model(tensor[:, :-1], state, targets=tensor[:, 1:])
-        values = values[0].cpu().double().numpy()
+        output = model(tensor[:, :-1], state, targets=tensor[:, 1:])
+        values, state = output.target_log_probs[0].cpu().double().numpy(), output.state
         unknown = block[1:] == tokenizer.unk_id
         logprob += float(values.sum())
         oov_logprob += float(values[unknown].sum())
@@ -191,8 +192,9 @@ def _score_batch(model: RNNLanguageModel, sequences: list[np.ndarray], start_tok
     for column in range(0, longest, window):
         x = torch.from_numpy(np.ascontiguousarray(inputs[:, column : column + window])).to(device)
         y = torch.from_numpy(np.ascontiguousarray(targets[:, column : column + window])).to(device)
-        logprobs, state = model(x, state, targets=y)
-        pieces.append(logprobs.cpu().double().numpy())
+        output = model(x, state, targets=y)
+        state = output.state
+        pieces.append(output.target_log_probs.cpu().double().numpy())
     logprobs = np.concatenate(pieces, axis=1)
     return [logprobs[row, : len(sequence)] for row, sequence in enumerate(sequences)]
 
@@ -268,7 +270,8 @@ class _DynamicScorer:
         """Totals of one segment (its context token, then its targets), then one adaptation step."""
         segment = torch.from_numpy(block).to(self.model.embedding.weight.device)[None]
         with torch.enable_grad():
-            logprobs, state = self.model(segment[:, :-1], state, targets=segment[:, 1:])
+            output = self.model(segment[:, :-1], state, targets=segment[:, 1:])
+            logprobs, state = output.target_log_probs, output.state
             self.model.zero_grad(set_to_none=True)
             (-logprobs.mean()).backward()
         self._step()

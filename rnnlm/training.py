@@ -265,9 +265,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     """One teacher-forced step: the loss, whether it and the gradient were finite (the step is
     applied only then), and the recurrent state to carry, detached."""
     with autocast(x.device, amp_dtype):
-        target_log_probs, carried = model(x, carried, targets=y)
-    loss = -target_log_probs.mean()
-    penalty = unwrap(model).regularisation_loss
+        output = model(x, carried, targets=y)
+    loss = -output.target_log_probs.mean()
+    penalty, carried = output.penalty, output.state
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss if penalty is None else loss + penalty).backward()
     scaler.unscale_(optimizer)
@@ -279,11 +279,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
         scaler.step(optimizer)
         scaler.update()
     return loss_value, finite, detach_state(carried)
-
-
-def unwrap(model: torch.nn.Module) -> RNNLanguageModel:
-    """The language model inside a DistributedDataParallel wrapper, or the model itself."""
-    return getattr(model, "module", model)  # type: ignore[return-value]
 
 
 @contextmanager
