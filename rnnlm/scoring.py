@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from rnnlm.config import DynamicEvaluation
-from rnnlm.data import TextCounts
+from rnnlm.prepared_corpus import TextCounts
 from rnnlm.direction import encode_directed
 from rnnlm.errors import UserError
 from rnnlm.fileio import split_lines

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from rnnlm import checkpoint, outputs, project, units
 from rnnlm.config import TrainConfig, check_device_name
-from rnnlm.data import PreparedCorpus, mean_window_length, stream_batches, variable_window_length
+from rnnlm.batching import mean_window_length, stream_batches, variable_window_length
+from rnnlm.prepared_corpus import PreparedCorpus
 from rnnlm.direction import reversed_corpus
 from rnnlm.errors import UserError
 from rnnlm.model import (

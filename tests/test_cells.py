@@ -24,7 +24,8 @@ from rnnlm.cells import CELLS, cell_named
 from rnnlm.cells.layer import State
 from rnnlm.checkpoint import CHECKPOINT, LoadedModel, create_model_dir, load_checkpoint, load_model
 from rnnlm.config import SamplingConfig
-from rnnlm.data import PrepareOptions, PreparedCorpus, load_prepared, prepare
+from rnnlm.preparation import PrepareOptions, prepare
+from rnnlm.prepared_corpus import PreparedCorpus, load_prepared
 from rnnlm.fileio import iter_text_chunks
 from rnnlm.generate import generate
 from rnnlm.model import ModelConfig, RNNLanguageModel, select_state

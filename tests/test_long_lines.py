@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from conftest import WORDS, make_corpus, run_cli
 from rnnlm.config import DynamicEvaluation
-from rnnlm.data import TextCounts
+from rnnlm.prepared_corpus import TextCounts
 from rnnlm.generate import prime, unseen_text
 from rnnlm.model import ModelConfig, RNNLanguageModel
 from rnnlm.scoring import _score_batch, encode_line, perplexity, score_lines, stream_totals, time_window
