@@ -35,7 +35,7 @@ def naive_window_generate(model: RNNLanguageModel, tokenizer: Tokenizer, seed_te
     """The tutorials' generator: every new character re-runs the last `window` characters from a fresh state."""
     ids = tokenizer.encode(seed_text).tolist()
     for _ in range(length):
-        logits, _ = model(torch.tensor([ids[-window:]]))
+        logits = model(torch.tensor([ids[-window:]])).logits
         probs = torch.softmax(logits[0, -1].float(), dim=-1)
         ids.append(int(torch.multinomial(probs, 1, generator=generator)))
     return ids[-length:]

@@ -32,7 +32,7 @@ def one_line_at_a_time(model: RNNLanguageModel, tokenizer, lines: list[str]) -> 
     for line in lines:
         ids = torch.from_numpy(encode_line(tokenizer, line))
         inputs = torch.cat([torch.tensor([tokenizer.eol_id]), ids[:-1]])[None]
-        logits, _ = model(inputs)
+        logits = model(inputs).logits
         scores.append(torch.log_softmax(logits[0].float(), -1).gather(1, ids[:, None]).sum().item())
     return scores
 

@@ -162,7 +162,7 @@ def reference_loop(level: Level, prepared: Path, minutes: float, result: Path) -
     import torch
     from torch import nn
 
-    from rnnlm.data import load_prepared
+    from rnnlm.prepared_corpus import load_prepared
 
     corpus = load_prepared(prepared)
     tokens = torch.from_numpy(np.asarray(corpus.splits["train"], dtype=np.int64))

@@ -59,7 +59,7 @@ def main() -> None:
         y = torch.from_numpy(np.stack([stream[i + 1:i + 36] for i in starts]))
         rare_counts[int((y >= head).sum())] += 1
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            log_probs, _ = model(x, targets=y)
+            log_probs = model(x, targets=y).target_log_probs
         loss = -log_probs.mean()
         optimizer.zero_grad()
         loss.backward()

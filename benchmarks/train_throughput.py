@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_CORPORA, write_markdown  # noqa: E402
 from rnnlm.cells import CELLS  # noqa: E402
 from rnnlm.config import TrainConfig  # noqa: E402
-from rnnlm.data import stream_batches  # noqa: E402
-from rnnlm.model import ModelConfig, RNNLanguageModel, State  # noqa: E402
+from rnnlm.batching import stream_batches  # noqa: E402
+from rnnlm.model import ModelConfig, ModelOutput, RNNLanguageModel, State  # noqa: E402
 from rnnlm.training import clustered_softmax_head, make_optimizer, resolve_precision, train_step  # noqa: E402
 
 LR = 3e-3
@@ -97,9 +97,10 @@ class Reference(nn.Module):
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
 
-    def forward(self, tokens: Tensor, hidden: State | None = None) -> tuple[Tensor, State]:
+    def forward(self, tokens: Tensor, hidden: State | None = None) -> ModelOutput:
+        """The project model's output type, so that one validation loop reads both models."""
         output, hidden = self.rnn(self.drop(self.encoder(tokens)), hidden)
-        return self.decoder(self.drop(output)), hidden
+        return ModelOutput(self.decoder(self.drop(output)), None, hidden, None)
 
 
 def reference_trainer(data: Data, shape: Shape) -> tuple[nn.Module, Callable[[Tensor, Tensor, State | None], State]]:
@@ -108,7 +109,8 @@ def reference_trainer(data: Data, shape: Shape) -> tuple[nn.Module, Callable[[Te
 
     def step(x: Tensor, y: Tensor, hidden: State | None) -> State:
         hidden = tuple(h.detach() for h in hidden) if hidden is not None else None
-        logits, hidden = model(x, hidden)
+        output = model(x, hidden)
+        logits, hidden = output.logits, output.state
         loss = F.cross_entropy(logits.reshape(-1, data.vocab_size), y.reshape(-1))
         optimizer.zero_grad()
         loss.backward()
@@ -163,7 +165,8 @@ def validation_loss(model: nn.Module, data: Data, shape: Shape) -> float:
     model.eval()
     total, count, hidden = 0.0, 0, None
     for _, x, y in stream_batches(data.valid[:VALID_TOKENS], 10, shape.bptt):
-        logits, hidden = model(torch.from_numpy(x), hidden)
+        output = model(torch.from_numpy(x), hidden)
+        logits, hidden = output.logits, output.state
         total += F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(y).flatten(), reduction="sum").item()
         count += y.size
     model.train()

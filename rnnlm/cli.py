@@ -23,7 +23,7 @@ from rnnlm.config import PRESETS, DynamicEvaluation, Preset, SamplingConfig, Tra
 from rnnlm.errors import InvalidOption, UserError
 
 if TYPE_CHECKING:
-    from rnnlm.data import PrepareOptions
+    from rnnlm.preparation import PrepareOptions
 
 app = typer.Typer(
     name="rnnlm",
@@ -149,7 +149,7 @@ def prepare(
     end), characters (newlines included), lines and OOV tokens.
     """
     from rnnlm.corpora import resolve_sources
-    from rnnlm.data import prepare as prepare_corpus
+    from rnnlm.preparation import prepare as prepare_corpus
     from rnnlm.display import PrepareDisplay
 
     options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
@@ -169,7 +169,7 @@ def _prepare_options(corpus: list[str], tokenizer: Optional[str], vocab_size: Op
                      valid_fraction: float, test_fraction: float, encoding_errors: str) -> PrepareOptions:
     """The preparation options of `prepare` and `train`, the tokenizer defaulting to the corpus's usual one."""
     from rnnlm.corpora import default_tokenizer
-    from rnnlm.data import PrepareOptions
+    from rnnlm.preparation import PrepareOptions
 
     return PrepareOptions(tokenizer=tokenizer or default_tokenizer(corpus), valid=valid, test=test,
                           valid_fraction=valid_fraction, test_fraction=test_fraction, encoding_errors=encoding_errors,
@@ -254,7 +254,7 @@ def train(
     asked for or set by a preset).
     """
     from rnnlm.corpora import resolve_sources
-    from rnnlm.data import open_corpus
+    from rnnlm.preparation import open_corpus
     from rnnlm.display import PrepareDisplay, TrainingDisplay
     from rnnlm.durations import parse_duration
     from rnnlm.model_files import MODEL_DIRECTORY, default_output_dir
@@ -372,7 +372,7 @@ def resumed_settings(directory: Path, changes: dict[str, Any]) -> tuple[Any, Any
     from dataclasses import fields
 
     from rnnlm.checkpoint import CONFIG, model_config_from, read_model_config
-    from rnnlm.data import load_prepared
+    from rnnlm.prepared_corpus import load_prepared
 
     saved = read_model_config(directory)
     try:

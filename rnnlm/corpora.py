@@ -20,7 +20,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from rnnlm.data import PrepareOptions, cache_home
+from rnnlm.preparation import PrepareOptions
+from rnnlm.prepared_corpus import cache_home
 from rnnlm.errors import UserError
 from rnnlm.fileio import atomic_output
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from rnnlm.data import PreparedCorpus
+from rnnlm.prepared_corpus import PreparedCorpus
 from rnnlm.slices import SLICE_CHARS, cuts_anywhere, encode_slices, slice_text
 from rnnlm.tokenizers import Tokenizer
 

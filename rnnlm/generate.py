@@ -135,13 +135,13 @@ def prime(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text: str) -> tupl
     The seed goes in windows, a slice of its text at a time, so that a long seed holds one
     window of logits rather than a distribution for every one of its tokens."""
     device = model.embedding.weight.device
-    logits, state = model(torch.tensor([[tokenizer.eol_id]], device=device))
+    output = model(torch.tensor([[tokenizer.eol_id]], device=device))
     last_token = tokenizer.eol_id
     window = time_window(1, model.config.vocab_size)
     for block in token_windows(encode_directed(tokenizer, seed_text, model.config.reverse), tokenizer.eol_id, window):
-        logits, state = model(torch.from_numpy(block[1:])[None].to(device), state)
+        output = model(torch.from_numpy(block[1:])[None].to(device), output.state)
         last_token = int(block[-1])
-    return logits[:, -1], state, last_token
+    return output.logits[:, -1], output.state, last_token
 
 
 def unseen_text(tokenizer: Tokenizer, text: str) -> str:
@@ -225,8 +225,8 @@ def _onednn_off() -> Iterator[None]:
 
 def _advance(model: RNNLanguageModel, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
     """Feed one token per row: the next logits and the new state."""
-    logits, state = model(tokens[:, None], state)
-    return logits[:, -1], state
+    output = model(tokens[:, None], state)
+    return output.logits[:, -1], output.state
 
 
 def _sample(model: RNNLanguageModel, logits: torch.Tensor, state: State, config: SamplingConfig,

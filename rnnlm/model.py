@@ -66,6 +66,27 @@ class ModelConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ModelOutput:
+    """What every call of the model returns, so that callers read named fields rather than
+    guess a return mode, and training gets the AR/TAR penalty from the call that computed it.
+
+    - `logits`, present when the call had no targets: shape (batch, time, vocab), scores whose
+      softmax is the next-token distribution, that is natural-log probabilities up to a constant
+      per position (with a clustered softmax, normalised ones already);
+    - `target_log_probs`, present exactly when the call had targets: shape (batch, time), fp32,
+      the normalised natural-log probability of each target;
+    - `state`: the recurrent state after the last position, to carry into the next call;
+    - `penalty`: the AR + TAR term to add to the loss (a scalar, like the mean loss per token in
+      nats), present only in training mode with either penalty set.
+    """
+
+    logits: Tensor | None
+    target_log_probs: Tensor | None
+    state: State
+    penalty: Tensor | None
+
+
 def dropout_mask(x: Tensor, p: float, locked: bool) -> Tensor:
     """A keep-mask scaled by 1/(1-p), for x of shape (batch, time, features); locked, of shape
     (batch, 1, features): the same units dropped at every time step.
@@ -81,8 +102,7 @@ class RNNLanguageModel(nn.Module):
 
     With weight tying and a hidden size different from the embedding size, a linear
     projection maps the top hidden state to the embedding size before the tied decoder.
-    In training mode with AR or TAR set, `forward` leaves the penalty to add to the loss
-    in `regularisation_loss`.
+    `forward` returns a ModelOutput.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -100,7 +120,6 @@ class RNNLanguageModel(nn.Module):
         self.tail_projection = nn.Linear(decoder_inputs, decoder_inputs) if config.softmax_head else None
         self.clustered = (ClusteredSoftmax(config.softmax_head, self.decoder, self.cluster, self.tail_projection)
                           if self.cluster is not None and self.tail_projection is not None else None)
-        self.regularisation_loss: Tensor | None = None
         self._register_load_state_dict_pre_hook(_rename_stacked_rnn_weights)
         self._initialise()
 
@@ -146,10 +165,10 @@ class RNNLanguageModel(nn.Module):
         dropped = {name: F.dropout(getattr(rnn, name), p) for name in cell_named(self.config.cell).weight_dropped}
         return torch.func.functional_call(rnn, dropped, (x, state))
 
-    def forward(self, tokens: Tensor, state: State | None = None, targets: Tensor | None = None) -> tuple[Tensor, State]:
-        """Logits of shape (batch, time, vocab) for token ids of shape (batch, time); with `targets`
-        of the same shape as `tokens`, the natural log-probability of each target instead, in fp32,
-        which the clustered softmax computes without the whole distribution.
+    def forward(self, tokens: Tensor, state: State | None = None, targets: Tensor | None = None) -> ModelOutput:
+        """The next-token logits for token ids of shape (batch, time); with `targets` of the same
+        shape as `tokens`, only the log-probability of each target, which the clustered softmax
+        computes without the whole distribution (ModelOutput says which field holds what).
 
         The clustered softmax gives normalised log-probabilities as its logits, which every use of
         logits (softmax, sampling with a temperature, top-k) treats alike."""
@@ -166,7 +185,7 @@ class RNNLanguageModel(nn.Module):
             if layer < config.layers - 1:
                 x = self._dropout(x, between)
         dropped = self._dropout(x, config.dropout)
-        self.regularisation_loss = self._activation_regularisation(x, dropped) if self.training else None
+        penalty = self._activation_regularisation(x, dropped) if self.training else None
         # as rows of one matrix: a batch-first RNN output is a strided view, which the decoder's
         # matrix product would otherwise handle as a batch of products, copying its weight for each
         features = dropped.reshape(-1, dropped.shape[-1])
@@ -174,10 +193,10 @@ class RNNLanguageModel(nn.Module):
             features = self.projection(features)
         state = _stack_states(final_states)
         if targets is not None:
-            return self._target_log_probs(features, targets.reshape(-1)).view(targets.shape), state
-        if self.clustered is not None:
-            return self.clustered.log_probs(features).view(*tokens.shape, -1), state
-        return self.decoder(features).view(*tokens.shape, -1), state
+            target_log_probs = self._target_log_probs(features, targets.reshape(-1)).view(targets.shape)
+            return ModelOutput(None, target_log_probs, state, penalty)
+        logits = self.clustered.log_probs(features) if self.clustered is not None else self.decoder(features)
+        return ModelOutput(logits.view(*tokens.shape, -1), None, state, penalty)
 
     def _target_log_probs(self, features: Tensor, targets: Tensor) -> Tensor:
         if self.clustered is not None:

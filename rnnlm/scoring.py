@@ -9,16 +9,15 @@ Unicode code points including the newline.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rnnlm.config import DynamicEvaluation
-from rnnlm.data import TextCounts
+from rnnlm.prepared_corpus import TextCounts
 from rnnlm.direction import encode_directed
 from rnnlm.errors import UserError
 from rnnlm.fileio import split_lines
@@ -43,6 +42,15 @@ class NLLTotals:
         self.oov += other.oov
         self.oov_nll += other.oov_nll
 
+    def add_window(self, window: ScoredWindow, unk_id: int | None) -> None:
+        """Count one scored window in (its unknown tokens too, given the unknown token's id)."""
+        self.nll -= window.log_probs.sum().item()
+        self.tokens += window.log_probs.numel()
+        if unk_id is not None:
+            unknown = window.targets == unk_id
+            self.oov += int(unknown.sum().item())
+            self.oov_nll -= window.log_probs[unknown].sum().item()
+
 
 @dataclass
 class LineScore:
@@ -60,6 +68,44 @@ def time_window(rows: int, vocab_size: int, longest: int = 512) -> int:
     return max(8, min(longest, LOGIT_BUDGET // max(1, rows * vocab_size)))
 
 
+@dataclass(frozen=True)
+class ScoredWindow:
+    """One window of a token stream as the model scored it."""
+
+    targets: torch.Tensor  # (rows, time): the token ids scored
+    log_probs: torch.Tensor  # (rows, time), fp32: natural-log P(target | everything before it), no graph
+    state: State  # the recurrent state after the window, which the next window starts from
+
+
+Update = Callable[[torch.Tensor], None]  # learns from a window's target log-probs (which carry their graph)
+
+
+def scored_windows(model: RNNLanguageModel, blocks: Iterable[np.ndarray], state: State | None = None,
+                   update: Update | None = None) -> Iterator[ScoredWindow]:
+    """The one windowed scoring loop (score, perplexity, dynamic evaluation, validation).
+
+    Each block holds a context column, then the window's targets: shape (rows, 1 + time), or
+    (1 + time,) for one row. The recurrent state runs from block to block, so a stream of any
+    length costs one window of memory. Without `update` the windows run in inference mode; with
+    it, each window keeps its graph for `update` (dynamic evaluation's gradient step, taken after
+    the window is scored), and the state is cut from that graph before the next window.
+    """
+    device = model.embedding.weight.device
+    for block in blocks:
+        tokens = torch.from_numpy(np.ascontiguousarray(block)).to(device)
+        tokens = tokens if tokens.dim() == 2 else tokens[None]
+        if update is None:
+            with torch.inference_mode():
+                output = model(tokens[:, :-1], state, targets=tokens[:, 1:])
+            log_probs, state = output.target_log_probs, output.state
+        else:
+            with torch.enable_grad():
+                output = model(tokens[:, :-1], state, targets=tokens[:, 1:])
+                update(output.target_log_probs)
+            log_probs, state = output.target_log_probs.detach(), detach_state(output.state)
+        yield ScoredWindow(tokens[:, 1:], log_probs, state)
+
+
 @torch.inference_mode()
 def stream_nll(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window: int, start_token: int,
                state: State | None = None, unk_id: int | None = None) -> tuple[float, int]:
@@ -75,22 +121,17 @@ def stream_nll(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window: i
 @torch.inference_mode()
 def stream_totals(model: RNNLanguageModel, tokens: np.ndarray, rows: int, window: int, start_token: int,
                   state: State | None = None, unk_id: int | None = None) -> tuple[NLLTotals, State | None]:
+    """stream_nll's totals (unknown tokens counted apart, given `unk_id`) and the final state."""
     stream = np.concatenate([np.array([start_token], dtype=np.int64), np.asarray(tokens, dtype=np.int64)])
     rows = max(1, min(rows, len(stream) - 1))
     row_length = (len(stream) - 1) // rows
     grid = np.lib.stride_tricks.as_strided(stream, (rows, row_length + 1), (row_length * 8, 8))
-    device = model.embedding.weight.device
     window = min(window, time_window(rows, model.config.vocab_size))
+    blocks = (grid[:, column : column + window + 1] for column in range(0, row_length, window))
     totals = NLLTotals()
-    for column in range(0, row_length, window):
-        block = torch.from_numpy(np.ascontiguousarray(grid[:, column : column + window + 1])).to(device)
-        logprobs, state = model(block[:, :-1], state, targets=block[:, 1:])
-        totals.nll -= logprobs.sum().item()
-        totals.tokens += logprobs.numel()
-        if unk_id is not None:
-            unknown = block[:, 1:] == unk_id
-            totals.oov += int(unknown.sum().item())
-            totals.oov_nll -= logprobs[unknown].sum().item()
+    for scored in scored_windows(model, blocks, state):
+        totals.add_window(scored, unk_id)
+        state = scored.state
     return totals, state
 
 
@@ -140,24 +181,22 @@ def score_long_line(model: RNNLanguageModel, tokenizer: Tokenizer, line: str, de
     """One line of any length, from a fresh state, holding a slice of its text and a window of its
     tokens at a time (with `detail`, also its per-token results): the windows fall where the
     batched path puts them for a line alone, so the log-probabilities are the same."""
-    device = model.embedding.weight.device
     window = time_window(1, model.config.vocab_size)
     logprob = oov_logprob = 0.0
     tokens = oov = 0
-    state: State | None = None
     ids: list[np.ndarray] = []
     logprobs: list[np.ndarray] = []
-    for block in token_windows(_line_slices(tokenizer, line, model.config.reverse), tokenizer.eol_id, window):
-        tensor = torch.from_numpy(block).to(device)[None]
-        values, state = model(tensor[:, :-1], state, targets=tensor[:, 1:])
-        values = values[0].cpu().double().numpy()
-        unknown = block[1:] == tokenizer.unk_id
+    blocks = token_windows(_line_slices(tokenizer, line, model.config.reverse), tokenizer.eol_id, window)
+    for scored in scored_windows(model, blocks):
+        values = scored.log_probs[0].cpu().double().numpy()
+        targets = scored.targets[0].cpu().numpy()
+        unknown = targets == tokenizer.unk_id
         logprob += float(values.sum())
         oov_logprob += float(values[unknown].sum())
         tokens += len(values)
         oov += int(np.count_nonzero(unknown))
         if detail:
-            ids.append(block[1:].copy())
+            ids.append(targets.copy())
             logprobs.append(values)
     return LineScore(logprob=logprob, tokens=tokens, oov=oov, words=count_words_sliced(line) + 1, chars=len(line) + 1,
                      oov_logprob=oov_logprob, token_ids=np.concatenate(ids).tolist() if detail else [],
@@ -179,20 +218,13 @@ def _length_batches(order: list[int], encoded: dict[int, np.ndarray]) -> Iterato
 
 def _score_batch(model: RNNLanguageModel, sequences: list[np.ndarray], start_token: int) -> list[np.ndarray]:
     """Per-token log-probabilities of each sequence, padded on the right and read in time windows."""
-    device = model.embedding.weight.device
     longest = max(len(s) for s in sequences)
-    targets = np.full((len(sequences), longest), start_token, dtype=np.int64)
+    stream = np.full((len(sequences), longest + 1), start_token, dtype=np.int64)  # the context column, then targets
     for row, sequence in enumerate(sequences):
-        targets[row, : len(sequence)] = sequence
-    inputs = np.concatenate([np.full((len(sequences), 1), start_token, dtype=np.int64), targets[:, :-1]], axis=1)
+        stream[row, 1 : len(sequence) + 1] = sequence
     window = time_window(len(sequences), model.config.vocab_size)
-    state = None
-    pieces = []
-    for column in range(0, longest, window):
-        x = torch.from_numpy(np.ascontiguousarray(inputs[:, column : column + window])).to(device)
-        y = torch.from_numpy(np.ascontiguousarray(targets[:, column : column + window])).to(device)
-        logprobs, state = model(x, state, targets=y)
-        pieces.append(logprobs.cpu().double().numpy())
+    blocks = (stream[:, column : column + window + 1] for column in range(0, longest, window))
+    pieces = [scored.log_probs.cpu().double().numpy() for scored in scored_windows(model, blocks)]
     logprobs = np.concatenate(pieces, axis=1)
     return [logprobs[row, : len(sequence)] for row, sequence in enumerate(sequences)]
 
@@ -256,26 +288,20 @@ def _exp(x: float) -> float:
     return math.exp(x) if x < 700 else math.inf
 
 
-class _DynamicScorer:
-    """Scores a running stream segment by segment, adapting the model after each segment."""
+class DynamicUpdate:
+    """Dynamic evaluation's step (Krause et al., 2018): after each segment is scored, one SGD
+    step on its mean NLL, and a decay of the weights back towards the trained ones."""
 
     def __init__(self, model: RNNLanguageModel, settings: DynamicEvaluation) -> None:
         self.model = model
         self.settings = settings
         self.trained = [p.detach().clone() for p in model.parameters()]
 
-    def score(self, block: np.ndarray, state: State | None, unk_id: int) -> tuple[NLLTotals, State]:
-        """Totals of one segment (its context token, then its targets), then one adaptation step."""
-        segment = torch.from_numpy(block).to(self.model.embedding.weight.device)[None]
-        with torch.enable_grad():
-            logprobs, state = self.model(segment[:, :-1], state, targets=segment[:, 1:])
-            self.model.zero_grad(set_to_none=True)
-            (-logprobs.mean()).backward()
+    def __call__(self, log_probs: torch.Tensor) -> None:
+        """Learn from one scored segment's target log-probabilities."""
+        self.model.zero_grad(set_to_none=True)
+        (-log_probs.mean()).backward()
         self._step()
-        logprobs = logprobs.detach()
-        unknown = segment[:, 1:] == unk_id
-        totals = NLLTotals(-logprobs.sum().item(), logprobs.numel(), int(unknown.sum()), -logprobs[unknown].sum().item())
-        return totals, detach_state(state)
 
     @torch.no_grad()
     def _step(self) -> None:
@@ -335,7 +361,7 @@ class PerplexityMeter:
         self.tokenizer = tokenizer
         self.independent_lines = independent_lines
         self.result = Perplexity("independent-lines" if independent_lines else "dynamic-stream" if dynamic else "stream")
-        self.scorer = _DynamicScorer(model, dynamic) if dynamic is not None else None
+        self.update = DynamicUpdate(model, dynamic) if dynamic is not None else None
         self.window = dynamic.segment if dynamic is not None else time_window(1, model.config.vocab_size)
         self.state: State | None = None
         self.pending = np.array([tokenizer.eol_id], dtype=np.int64)  # context token, then unscored tokens
@@ -363,9 +389,8 @@ class PerplexityMeter:
 
     def _score(self, block: np.ndarray) -> None:
         """One window, the state carried from the one before."""
-        unk_id = self.tokenizer.unk_id
-        if self.scorer is not None:
-            totals, self.state = self.scorer.score(block, self.state, unk_id)
-        else:
-            totals, self.state = stream_totals(self.model, block[1:], 1, len(block) - 1, int(block[0]), self.state, unk_id)
+        totals = NLLTotals()
+        for scored in scored_windows(self.model, [block], self.state, self.update):
+            totals.add_window(scored, self.tokenizer.unk_id)
+            self.state = scored.state
         self.result.add_totals(totals)

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from rnnlm import __version__, checkpoint, outputs, project, units
 from rnnlm.config import TrainConfig, check_device_name
-from rnnlm.data import PreparedCorpus, TextCounts, mean_window_length, stream_batches, variable_window_length
+from rnnlm.batching import mean_window_length, stream_batches, variable_window_length
+from rnnlm.prepared_corpus import PreparedCorpus, TextCounts
 from rnnlm.direction import reversed_corpus
 from rnnlm.errors import UserError
 from rnnlm.model import (
@@ -267,9 +268,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     """One teacher-forced step: the loss, whether it and the gradient were finite (the step is
     applied only then), and the recurrent state to carry, detached."""
     with autocast(x.device, amp_dtype):
-        target_log_probs, carried = model(x, carried, targets=y)
-    loss = -target_log_probs.mean()
-    penalty = unwrap(model).regularisation_loss
+        output = model(x, carried, targets=y)
+    loss = -output.target_log_probs.mean()
+    penalty, carried = output.penalty, output.state
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss if penalty is None else loss + penalty).backward()
     scaler.unscale_(optimizer)
@@ -281,11 +282,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
         scaler.step(optimizer)
         scaler.update()
     return loss_value, finite, detach_state(carried)
-
-
-def unwrap(model: torch.nn.Module) -> RNNLanguageModel:
-    """The language model inside a DistributedDataParallel wrapper, or the model itself."""
-    return getattr(model, "module", model)  # type: ignore[return-value]
 
 
 @contextmanager

@@ -130,7 +130,7 @@ EVAL_LINES = [
 class TrainedModel:
     directory: Path
     corpus_file: Path
-    prepared: object  # rnnlm.data.PreparedCorpus
+    prepared: object  # rnnlm.prepared_corpus.PreparedCorpus
     loaded: object  # rnnlm.checkpoint.LoadedModel
     home: Path  # RNNLM_HOME that was in effect while training
     result: object  # rnnlm.training.TrainResult
@@ -161,7 +161,7 @@ def train_small_model(base: Path, lines: int, text_seed: int, model: dict, train
     """Prepare make_corpus(lines, text_seed) in `base` and train a model on it through the library,
     with RNNLM_HOME and the cache inside `base`."""
     from rnnlm.checkpoint import load_model
-    from rnnlm.data import PrepareOptions, prepare
+    from rnnlm.preparation import PrepareOptions, prepare
     from rnnlm.model import ModelConfig
     from rnnlm.training import TrainConfig, train
 

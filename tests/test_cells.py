@@ -24,7 +24,8 @@ from rnnlm.cells import CELLS, cell_named
 from rnnlm.cells.layer import State
 from rnnlm.checkpoint import CHECKPOINT, LoadedModel, create_model_dir, load_checkpoint, load_model
 from rnnlm.config import SamplingConfig
-from rnnlm.data import PrepareOptions, PreparedCorpus, load_prepared, prepare
+from rnnlm.preparation import PrepareOptions, prepare
+from rnnlm.prepared_corpus import PreparedCorpus, load_prepared
 from rnnlm.fileio import iter_text_chunks
 from rnnlm.generate import generate
 from rnnlm.model import ModelConfig, RNNLanguageModel, select_state
@@ -95,7 +96,8 @@ def run_in_pieces(model: RNNLanguageModel, tokens: torch.Tensor, cuts: list[int]
     """Logits for `tokens` fed in pieces ending at `cuts`, the state carried from piece to piece."""
     pieces, state, start = [], None, 0
     for end in [*cuts, tokens.shape[1]]:
-        logits, state = model(tokens[:, start:end], state)
+        output = model(tokens[:, start:end], state)
+        logits, state = output.logits, output.state
         pieces.append(logits)
         start = end
     return torch.cat(pieces, 1), state
@@ -111,7 +113,8 @@ def test_carried_state_equals_one_long_forward_pass(cell: str, precision: str) -
     model = random_model(cell)
     tokens = torch.randint(0, 30, (3, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
-        whole, final = model(tokens)
+        output = model(tokens)
+        whole, final = output.logits, output.state
         pieces, carried = run_in_pieces(model, tokens, [1, 8, 21])
     assert len(final) == cell_named(cell).state_arity
     assert all(s.shape[:2] == (2, 3) for s in final)  # layers, batch
@@ -127,9 +130,9 @@ def test_selected_rows_carry_their_own_state(cell: str) -> None:
     tokens = torch.randint(0, 30, (4, 20), generator=torch.Generator().manual_seed(2))
     rows = torch.tensor([3, 0, 0, 2])
     with torch.no_grad():
-        whole, _ = model(tokens[rows])
-        _, state = model(tokens[:, :9])
-        rest, _ = model(tokens[rows, 9:], select_state(state, rows))
+        whole = model(tokens[rows]).logits
+        state = model(tokens[:, :9]).state
+        rest = model(tokens[rows, 9:], select_state(state, rows)).logits
     assert torch.allclose(rest, whole[:, 9:], atol=1e-5, rtol=0)
 
 
@@ -141,9 +144,9 @@ def test_weight_dropout_drops_the_registered_weights_in_training_only(cell: str)
         assert isinstance(getattr(model.rnns[0], name), torch.nn.Parameter), name
     model.config.dropout = model.config.input_dropout = model.config.layer_dropout = 0.0
     with torch.no_grad():
-        plain, _ = model(tokens)
+        plain = model(tokens).logits
         model.train()
-        dropped, _ = model(tokens)
+        dropped = model(tokens).logits
     assert not torch.allclose(plain, dropped)
 
 
@@ -175,7 +178,7 @@ def test_beam_of_one_equals_greedy_and_greedy_equals_a_full_pass(cell_run: CellR
     ids = [tokenizer.eol_id, *tokenizer.encode("the ").tolist()]
     with torch.no_grad():
         for _ in greedy[0].tokens:
-            ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
     assert greedy[0].tokens == ids[-len(greedy[0].tokens):]
 
 
@@ -187,7 +190,7 @@ def test_save_and_load_are_bit_exact(cell_run: CellRun, tmp_path: Path) -> None:
         assert torch.equal(second.model.state_dict()[name], tensor), name
     tokens = torch.arange(20)[None] % first.tokenizer.vocab_size
     with torch.no_grad():
-        assert torch.equal(first.model(tokens)[0], second.model(tokens)[0])
+        assert torch.equal(first.model(tokens).logits, second.model(tokens).logits)
 
 
 def saved_bytes(model: RNNLanguageModel, rows: int, window: int, precision: torch.dtype | None) -> int:
@@ -235,7 +238,7 @@ def test_bf16_gradients_follow_the_fp32_ones(cell: str) -> None:
     for enabled in (False, True):
         model = random_model(cell)
         with torch.autocast("cpu", torch.bfloat16, enabled=enabled):
-            log_probs, _ = model(tokens[:, :-1], targets=tokens[:, 1:])
+            log_probs = model(tokens[:, :-1], targets=tokens[:, 1:]).target_log_probs
         (-log_probs.mean()).backward()
         gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.cosine_similarity(gradients[0], gradients[1], 0) > 0.99
@@ -318,14 +321,14 @@ def test_mogrifier_with_no_rounds_is_the_plain_lstm() -> None:
     mogrifier.load_state_dict(lstm.state_dict())
     tokens = torch.randint(0, 30, (3, 25), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        (expected, expected_state), (actual, actual_state) = lstm(tokens), mogrifier(tokens)
-    assert torch.allclose(actual, expected, atol=1e-6, rtol=0)
-    for a, b in zip(actual_state, expected_state):
+        expected, actual = lstm(tokens), mogrifier(tokens)
+    assert torch.allclose(actual.logits, expected.logits, atol=1e-6, rtol=0)
+    for a, b in zip(actual.state, expected.state):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
     rounds = RNNLanguageModel(tiny_config("mogrifier", 30, dropout=0.0, mogrifier_rounds=2)).eval()
     rounds.load_state_dict(lstm.state_dict(), strict=False)
     with torch.no_grad():
-        assert not torch.allclose(rounds(tokens)[0], expected, atol=1e-5)  # the rounds do change it
+        assert not torch.allclose(rounds(tokens).logits, expected.logits, atol=1e-5)  # the rounds do change it
 
 
 # ---------------------------------------------------------------------------------------

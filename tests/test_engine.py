@@ -18,7 +18,9 @@ import torch
 
 from conftest import make_corpus, run_cli
 from rnnlm.checkpoint import CHECKPOINT, load_checkpoint, load_model, read_metrics
-from rnnlm.data import PrepareOptions, PreparedCorpus, load_prepared, prepare, variable_window_length
+from rnnlm.batching import variable_window_length
+from rnnlm.preparation import PrepareOptions, prepare
+from rnnlm.prepared_corpus import PreparedCorpus, load_prepared
 from rnnlm.errors import UserError
 from rnnlm.model import ModelConfig, RNNLanguageModel
 from rnnlm.training import SilentReporter, TrainConfig, close_process_group, train

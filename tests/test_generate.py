@@ -40,7 +40,7 @@ def step_logits(trained, seed_text: str, tokens: list[int]) -> torch.Tensor:
     """The logits each generated token was drawn from, by one forward pass over the whole text."""
     context = context_ids(trained, seed_text)
     with torch.no_grad():
-        logits, _ = trained.model(torch.tensor([context + tokens[:-1]]))
+        logits = trained.model(torch.tensor([context + tokens[:-1]])).logits
     return logits[0, len(context) - 1:]
 
 
@@ -79,7 +79,7 @@ def test_greedy_is_deterministic_and_matches_argmax_of_a_full_forward_pass(train
     expected = []
     with torch.no_grad():
         for _ in range(30):
-            logits, _ = trained.model(torch.tensor([ids]))
+            logits = trained.model(torch.tensor([ids])).logits
             expected.append(int(logits[0, -1].argmax()))
             ids.append(expected[-1])
     assert first.tokens == expected
@@ -121,7 +121,7 @@ def test_beam_holding_every_hypothesis_finds_the_most_likely_sequence(trained) -
     pairs = torch.cartesian_prod(torch.arange(vocab), torch.arange(vocab))
     context = torch.tensor(context_ids(trained, "the c")).expand(len(pairs), -1)
     with torch.no_grad():
-        logits, _ = trained.model(torch.cat([context, pairs[:, :1]], dim=1))
+        logits = trained.model(torch.cat([context, pairs[:, :1]], dim=1)).logits
     logprobs = torch.log_softmax(logits[:, -2:].double(), dim=-1)
     totals = logprobs[:, 0].gather(1, pairs[:, :1]) + logprobs[:, 1].gather(1, pairs[:, 1:])
     order = torch.argsort(totals.squeeze(1), descending=True)[:3]
@@ -224,7 +224,7 @@ def test_sampled_frequencies_match_the_distribution(trained, temperature: float,
                   random_seed=0)
     counts = np.bincount([s.tokens[0] for s in samples], minlength=trained.tokenizer.vocab_size)
     with torch.no_grad():
-        logits = trained.model(torch.tensor([context_ids(trained, seed)]))[0][:, -1].double()
+        logits = trained.model(torch.tensor([context_ids(trained, seed)])).logits[:, -1].double()
     if (temperature, top_k, top_p) == (1.0, 0, 1.0):
         probs = torch.softmax(logits, dim=-1)[0]  # the model's own distribution
     else:

@@ -30,7 +30,7 @@ def reference_logprobs(model: RNNLanguageModel, tokenizer, stream: list[int]) ->
     """log P(stream[i] | end-of-line, stream[:i]) by one plain forward pass, in float64."""
     ids = torch.tensor([[tokenizer.eol_id, *stream]], dtype=torch.long)
     with torch.no_grad():
-        logits, _ = model(ids[:, :-1])
+        logits = model(ids[:, :-1]).logits
     logprobs = torch.log_softmax(logits.double(), dim=-1)[0]
     return logprobs.gather(1, ids[0, 1:, None]).squeeze(1).numpy()
 
@@ -169,7 +169,7 @@ def test_next_token_probabilities_sum_to_one_everywhere(trained) -> None:
     text = "".join(line + "\n" for line in EVAL_LINES)
     ids = torch.tensor([[trained.tokenizer.eol_id, *trained.tokenizer.encode(text).tolist()]])
     with torch.no_grad():
-        logits, _ = trained.model(ids)
+        logits = trained.model(ids).logits
     probs = torch.softmax(logits.double(), dim=-1)
     assert logits.shape == (1, ids.shape[1], trained.tokenizer.vocab_size)
     assert torch.all(probs >= 0)

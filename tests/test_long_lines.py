@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from conftest import WORDS, make_corpus, run_cli
 from rnnlm.config import DynamicEvaluation
-from rnnlm.data import TextCounts
+from rnnlm.prepared_corpus import TextCounts
 from rnnlm.generate import prime, unseen_text
 from rnnlm.model import ModelConfig, RNNLanguageModel
 from rnnlm.scoring import _score_batch, encode_line, perplexity, score_lines, stream_totals, time_window
@@ -244,7 +244,8 @@ def test_a_backward_model_primes_on_a_long_seed_read_last_token_first(tokenizers
     with torch.inference_mode():
         logits, state, last = prime(backward(forward), tokenizer, seed)
         ids = torch.from_numpy(np.concatenate([[tokenizer.eol_id], tokenizer.encode(seed)[::-1]]).astype(np.int64))[None]
-        whole_logits, whole_state = forward(ids)
+        whole = forward(ids)
+        whole_logits, whole_state = whole.logits, whole.state
     assert last == int(ids[0, -1])
     torch.testing.assert_close(logits, whole_logits[:, -1])
     torch.testing.assert_close(state, whole_state)
@@ -315,13 +316,14 @@ def test_a_long_seed_primes_the_state_that_one_pass_over_it_gives(tokenizers) ->
     with torch.inference_mode():
         logits, state, last = prime(model, tokenizer, seed)
         ids = torch.from_numpy(np.concatenate([[tokenizer.eol_id], tokenizer.encode(seed)]))[None]
-        whole_logits, whole_state = model(ids)
+        whole = model(ids)
+        whole_logits, whole_state = whole.logits, whole.state
     assert last == int(ids[0, -1])
     torch.testing.assert_close(logits, whole_logits[:, -1])
     torch.testing.assert_close(state, whole_state)
     with torch.inference_mode():
         empty_logits, _, empty_last = prime(model, tokenizer, "")
-        torch.testing.assert_close(empty_logits, model(torch.tensor([[tokenizer.eol_id]]))[0][:, -1])
+        torch.testing.assert_close(empty_logits, model(torch.tensor([[tokenizer.eol_id]])).logits[:, -1])
     assert empty_last == tokenizer.eol_id
 
 

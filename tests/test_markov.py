@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rnnlm.checkpoint import load_model
-from rnnlm.data import PrepareOptions, prepare
+from rnnlm.preparation import PrepareOptions, prepare
 from rnnlm.fileio import iter_text_chunks
 from rnnlm.model import ModelConfig
 from rnnlm.scoring import perplexity

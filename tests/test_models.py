@@ -32,7 +32,7 @@ BIG_RUN = ["--hidden-size", "64", "--embedding-size", "16", "--layers", "1", "--
 
 
 def prepared_corpus(base: Path, tokenizer: str):  # type: ignore[no-untyped-def]
-    from rnnlm.data import PrepareOptions, prepare
+    from rnnlm.preparation import PrepareOptions, prepare
 
     corpus = base / f"corpus-{tokenizer}.txt"
     corpus.write_text(make_corpus(300, seed=3), encoding="utf-8")

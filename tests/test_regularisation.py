@@ -17,7 +17,8 @@ import torch
 from conftest import make_corpus, run_cli
 from rnnlm.checkpoint import load_checkpoint, load_model, read_metrics
 from rnnlm.config import PRESETS, TrainConfig
-from rnnlm.data import PrepareOptions, PreparedCorpus, prepare
+from rnnlm.preparation import PrepareOptions, prepare
+from rnnlm.prepared_corpus import PreparedCorpus
 from rnnlm.model import ModelConfig, RNNLanguageModel, dropout_mask
 from rnnlm import training
 from rnnlm.training import (
@@ -60,19 +61,19 @@ TOKENS = torch.randint(0, 40, (4, 9), generator=torch.Generator().manual_seed(1)
 def test_option_is_active_in_training_only(name: str) -> None:
     regularised, plain = twin_models(**OPTIONS[name])
     plain.eval()
-    expected = plain(TOKENS)[0]
+    expected = plain(TOKENS).logits
 
     regularised.eval()
-    first, second = regularised(TOKENS)[0], regularised(TOKENS)[0]
+    first, second = regularised(TOKENS).logits, regularised(TOKENS).logits
     assert torch.equal(first, expected)
     assert torch.equal(second, expected)
 
     regularised.train()
     torch.manual_seed(5)
-    noisy = regularised(TOKENS)[0]
+    noisy = regularised(TOKENS).logits
     assert not torch.allclose(noisy, expected)
     torch.manual_seed(6)
-    assert not torch.allclose(regularised(TOKENS)[0], noisy)  # a fresh mask each call
+    assert not torch.allclose(regularised(TOKENS).logits, noisy)  # a fresh mask each call
 
 
 def test_locked_dropout_keeps_one_mask_across_time() -> None:
@@ -106,7 +107,7 @@ def test_embedding_dropout_drops_whole_word_types() -> None:
 def test_weight_dropout_leaves_the_weights_alone_and_trains_them() -> None:
     model = RNNLanguageModel(replace(PLAIN, weight_dropout=0.5)).train()
     before = model.rnns[0].weight_hh_l0.detach().clone()
-    logits, _ = model(TOKENS)
+    logits = model(TOKENS).logits
     assert torch.equal(model.rnns[0].weight_hh_l0, before)
     logits.sum().backward()
     gradient = model.rnns[0].weight_hh_l0.grad
@@ -117,17 +118,15 @@ def test_activation_penalties_follow_their_formulas_in_training_only() -> None:
     model = RNNLanguageModel(replace(PLAIN, activation_penalty=2.0, temporal_penalty=1.0)).train()
     raw: list[torch.Tensor] = []
     model.rnns[-1].register_forward_hook(lambda module, inputs, output: raw.append(output[0]))
-    model(TOKENS)
+    penalty = model(TOKENS).penalty
     top = raw[-1]
     expected = 2.0 * top.pow(2).mean() + 1.0 * (top[:, 1:] - top[:, :-1]).pow(2).mean()  # no output dropout here
-    assert model.regularisation_loss is not None
-    assert torch.allclose(model.regularisation_loss, expected)
+    assert penalty is not None
+    assert torch.allclose(penalty, expected)
     model.eval()
-    model(TOKENS)
-    assert model.regularisation_loss is None
+    assert model(TOKENS).penalty is None
     plain = RNNLanguageModel(PLAIN).train()
-    plain(TOKENS)
-    assert plain.regularisation_loss is None
+    assert plain(TOKENS).penalty is None
 
 
 def test_weights_of_the_stacked_rnn_load_into_the_layers() -> None:
@@ -142,7 +141,7 @@ def test_weights_of_the_stacked_rnn_load_into_the_layers() -> None:
     assert "rnn.weight_hh_l1" in old_names
     reloaded = RNNLanguageModel(PLAIN).eval()
     reloaded.load_state_dict(old_names)
-    assert torch.equal(reloaded(TOKENS)[0], model(TOKENS)[0])
+    assert torch.equal(reloaded(TOKENS).logits, model(TOKENS).logits)
 
 
 def test_weight_average_is_the_mean_of_the_weights_it_saw() -> None:

@@ -21,17 +21,17 @@ def test_clustered_softmax_is_normalised_and_its_loss_is_exact(tie: bool, hidden
     tokens = torch.randint(0, 60, (3, 11))
     targets = torch.randint(0, 60, (3, 11))
     targets[0, :4] = torch.tensor([0, 8, 9, 59])  # both sides of the cut and both ends
-    log_probs, _ = model(tokens)
+    log_probs = model(tokens).logits
     assert torch.allclose(log_probs.double().exp().sum(-1), torch.ones(3, 11, dtype=torch.double), atol=1e-5)
     assert torch.allclose(torch.log_softmax(log_probs, -1), log_probs, atol=1e-5)  # logits that are already log-probs
-    target_log_probs, _ = model(tokens, targets=targets)  # what training and scoring ask for
+    target_log_probs = model(tokens, targets=targets).target_log_probs  # what training and scoring ask for
     assert torch.allclose(target_log_probs, log_probs.gather(2, targets[..., None])[..., 0], atol=1e-5)
 
 
 def test_clustered_softmax_keeps_the_weights_tied() -> None:
     model = RNNLanguageModel(ModelConfig(60, embedding_size=12, hidden_size=12, tie=True, softmax_head=9))
     assert model.decoder.weight is model.embedding.weight
-    log_probs, _ = model(torch.randint(0, 60, (2, 5)), targets=torch.full((2, 5), 40))  # rare targets only
+    log_probs = model(torch.randint(0, 60, (2, 5)), targets=torch.full((2, 5), 40)).target_log_probs  # rare targets only
     (-log_probs.mean()).backward()
     assert model.embedding.weight.grad is not None
     assert model.embedding.weight.grad[40].abs().sum() > 0  # the rare token's own row learns
@@ -134,7 +134,7 @@ def test_bf16_training_casts_the_decoder_once_and_repeats_its_shapes() -> None:
         targets.view(-1)[:rare_count] = torch.randint(head, vocab, (rare_count,))
         recorder.casts.clear()
         with recorder, torch.autocast("cpu", dtype=torch.bfloat16):
-            log_probs, _ = model(torch.randint(0, vocab, (2, 20)), targets=targets)
+            log_probs = model(torch.randint(0, vocab, (2, 20)), targets=targets).target_log_probs
         assert [shape for shape in recorder.casts if math.prod(shape) >= head * size] == [(vocab, size)]
     tail_rows = {shape[0] for shape in recorder.products if shape[-1] == vocab - head}
     assert tail_rows == {bucket_rows(n) for n in (3, 9, 21, 33)} == {16, 32, 48}

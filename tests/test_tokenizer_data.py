@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rnnlm.data import PrepareOptions, load_prepared, prepare, stream_batches, variable_window_length
+from rnnlm.batching import stream_batches, variable_window_length
+from rnnlm.preparation import PrepareOptions, prepare
+from rnnlm.prepared_corpus import load_prepared
 from rnnlm.errors import UserError
 from rnnlm.fileio import iter_text_chunks
 from rnnlm.tokenizers import UNK_TEXT, CharTokenizer, load_tokenizer, save_tokenizer

@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import make_corpus, run_cli
-from rnnlm.data import PrepareOptions, load_prepared, prepare
+from rnnlm.preparation import PrepareOptions, prepare
+from rnnlm.prepared_corpus import load_prepared
 from rnnlm.errors import UserError
 from rnnlm.tokenizers import (
     TOKENIZER_KINDS,
@@ -388,8 +389,8 @@ def test_chunked_reading_changes_nothing(tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.mark.parametrize("kind, alpha", [("bpe", 0.0), ("unigram", 0.3)])
 def test_worker_processes_write_what_one_process_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         kind: str, alpha: float) -> None:
-    import rnnlm.data
     import rnnlm.fileio
+    import rnnlm.preparation
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(make_corpus(2000, seed=5), encoding="utf-8")
@@ -397,8 +398,8 @@ def test_worker_processes_write_what_one_process_writes(tmp_path: Path, monkeypa
                              valid_fraction=0.1, test_fraction=0.1)
     monkeypatch.setattr(rnnlm.fileio, "CHUNK_BYTES", 4096)  # many chunks
     one = prepare([str(corpus)], tmp_path / "one", options)
-    monkeypatch.setattr(rnnlm.data, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(rnnlm.data, "worker_count", lambda: 2)
+    monkeypatch.setattr(rnnlm.preparation, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(rnnlm.preparation, "worker_count", lambda: 2)
     many = prepare([str(corpus)], tmp_path / "many", options)
     assert many.meta["splits"] == one.meta["splits"]
     for name in ("train.bin", "valid.bin", "test.bin"):
