@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +19,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 import typer
 
 from rnnlm import __version__
-from rnnlm.cells import CELL_NAMES, CELL_OPTIONS, cell_named, cells_help, check_cell_options
-from rnnlm.config import PRESETS, DynamicEvaluation, Preset, SamplingConfig, TrainConfig
+from rnnlm.cells import CELL_NAMES, cells_help
+from rnnlm.choices import LOG_BASES, NBEST_FORMATS, SAMPLE_FORMATS, SCORE_FORMATS, TOKENIZERS
+from rnnlm.config import OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DynamicEvaluation, SamplingConfig, TrainConfig
+from rnnlm.defaults import MAX_RANDOM_SEED, PRESETS, bounds, preset_named
 from rnnlm.errors import InvalidOption, UserError
-
-if TYPE_CHECKING:
-    from rnnlm.data import PrepareOptions
+from rnnlm.fileio import ENCODING_ERRORS
 
 app = typer.Typer(
     name="rnnlm",
@@ -51,9 +52,9 @@ QuietOption = Annotated[bool, typer.Option(
     "--quiet", "-q", envvar="RNNLM_QUIET", show_envvar=True,
     help="Do not name on stderr the model used when -m does not (warnings and errors still appear).")]
 DeviceOption = Annotated[str, typer.Option(help="Device: auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")]
-EncodingErrorsOption = Annotated[Literal["strict", "replace"], typer.Option(
+EncodingErrorsOption = Annotated[Literal[ENCODING_ERRORS], typer.Option(
     "--encoding-errors", help="Invalid UTF-8 in the input: 'strict' stops with its byte offset and line; 'replace' substitutes U+FFFD.")]
-TokenizerOption = Annotated[Optional[Literal["char", "word", "bpe", "unigram"]], typer.Option(
+TokenizerOption = Annotated[Optional[Literal[TOKENIZERS]], typer.Option(
     "--tokenizer", show_default=False,
     help="Tokenizer, built from the training text: char (Unicode characters), word (whitespace words), bpe or unigram "
     "(sentencepiece subwords with byte fallback) (default: char; word for the catalogue corpus ptb).")]
@@ -116,6 +117,7 @@ def main_options(
 
 @app.command()
 def prepare(
+    ctx: typer.Context,
     corpus: Annotated[list[str], typer.Argument(help="Text file(s) or directories of them, - for standard input, or a catalogue name: alice, tinyshakespeare, ptb, ptb-char.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write: new, empty, or an earlier prepare (whose files are replaced; files rnnlm did not write are kept, any other directory is refused).")],
     tokenizer: TokenizerOption = None,
@@ -138,38 +140,27 @@ def prepare(
     to bytes). meta.json records, per split, tokens (end-of-line included), words (plus one per line
     end), characters (newlines included), lines and OOV tokens.
     """
-    from rnnlm.corpora import resolve_sources
-    from rnnlm.data import prepare as prepare_corpus
     from rnnlm.display import PrepareDisplay
+    from rnnlm.workflows import prepare as prepare_corpus
 
-    options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
-                               valid_fraction, test_fraction, encoding_errors)
-    sources, options = resolve_sources(corpus, options, mirror)
-    prepared = prepare_corpus(sources, output, options, PrepareDisplay())
+    prepared = prepare_corpus(corpus, output, reporter=PrepareDisplay(), **given_options(ctx, ("corpus", "output")))
     for split, counts in prepared.meta["splits"].items():
         typer.echo(f"{split}: {counts['tokens']:,} tokens, {counts['words']:,} words, {counts['chars']:,} characters, "
                    f"{counts['lines']:,} lines, {counts['oov']:,} OOV", err=True)
     if prepared.train_samples:
         typer.echo(f"train samples: {', '.join(f'{len(s):,}' for s in prepared.train_samples)} tokens", err=True)
-    typer.echo(f"vocabulary: {prepared.tokenizer.vocab_size:,} tokens ({options.tokenizer}); wrote {output}", err=True)
+    typer.echo(f"vocabulary: {prepared.tokenizer.vocab_size:,} tokens ({prepared.tokenizer.kind}); wrote {output}", err=True)
 
 
-def _prepare_options(corpus: list[str], tokenizer: Optional[str], vocab_size: Optional[int], min_count: int,
-                     subword_alpha: float, subword_samples: int, valid: Optional[str], test: Optional[str],
-                     valid_fraction: float, test_fraction: float, encoding_errors: str) -> PrepareOptions:
-    """The preparation options of `prepare` and `train`, the tokenizer defaulting to the corpus's usual one."""
-    from rnnlm.corpora import default_tokenizer
-    from rnnlm.data import PrepareOptions
-
-    return PrepareOptions(tokenizer=tokenizer or default_tokenizer(corpus), valid=valid, test=test,
-                          valid_fraction=valid_fraction, test_fraction=test_fraction, encoding_errors=encoding_errors,
-                          vocab_size=vocab_size, min_count=min_count, subword_alpha=subword_alpha,
-                          subword_samples=subword_samples)
+def given_options(ctx: typer.Context, apart: tuple[str, ...]) -> dict[str, Any]:
+    """The options the user gave (on the command line or in the environment), for the library to
+    apply over its own defaults; `apart` are those the command passes by themselves."""
+    return {name: value for name, value in ctx.params.items()
+            if name not in apart and ctx.get_parameter_source(name).name != "DEFAULT"}
 
 
 PRESET_NAMES = ", ".join(PRESETS)
 CellName = Literal[CELL_NAMES]  # type: ignore[valid-type]  # the registry's cells
-MAX_RANDOM_SEED = 2**63 - 1  # torch's and numpy's generators take any seed up to this
 MAX_LAYERS = 100
 MAX_BATCH_ROWS = 10_000  # beams or samples decoded side by side
 
@@ -200,11 +191,11 @@ def train(
     bptt: Annotated[int, typer.Option(min=1, help="Tokens per truncated back-propagation window (35 for vocabularies over 1000 tokens).")] = TrainConfig.bptt,
     variable_bptt: Annotated[bool, typer.Option("--variable-bptt/--no-variable-bptt", help="Vary each window's length as AWD-LSTM does (about --bptt, one time in twenty about half of it, standard deviation 5 tokens), with the learning rate scaled to the length, so that windows start at every offset.")] = TrainConfig.variable_bptt,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch, shared out among torchrun processes (the global batch) (20 for vocabularies over 1000 tokens).")] = TrainConfig.batch_size,
-    optimizer: Annotated[Literal["adamw", "sgd", "ntasgd"], typer.Option(help="Optimiser: adamw; sgd; ntasgd: SGD that starts averaging the weights once the validation loss stops improving (see --nonmono), evaluating and saving the average. Vocabularies over 1000 tokens default to sgd.")] = TrainConfig.optimizer,
+    optimizer: Annotated[Literal[OPTIMIZERS], typer.Option(help="Optimiser: adamw; sgd; ntasgd: SGD that starts averaging the weights once the validation loss stops improving (see --nonmono), evaluating and saving the average. Vocabularies over 1000 tokens default to sgd.")] = TrainConfig.optimizer,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (20 for vocabularies over 1000 tokens).")] = TrainConfig.lr,
     weight_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay (adamw: decoupled, on matrices only; sgd, ntasgd: L2 on every weight) (0 for vocabularies over 1000 tokens).")] = TrainConfig.weight_decay,
     clip: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0: off) (0.25 for vocabularies over 1000 tokens).")] = TrainConfig.clip,
-    schedule: Annotated[Literal["cosine", "constant", "plateau", "step"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth by the end of --epochs or --max-time, constant, plateau (halved after every validation that is not the best), or step (times --lr-decay each epoch after --decay-start).")] = TrainConfig.schedule,
+    schedule: Annotated[Literal[SCHEDULES], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth by the end of --epochs or --max-time, constant, plateau (halved after every validation that is not the best), or step (times --lr-decay each epoch after --decay-start).")] = TrainConfig.schedule,
     lr_decay: Annotated[float, typer.Option(min=0.0, max=1.0, help="step schedule: the factor applied to the learning rate at each epoch after --decay-start.")] = TrainConfig.lr_decay,
     decay_start: Annotated[int, typer.Option(min=0, help="step schedule: epochs at the full learning rate.")] = TrainConfig.decay_start,
     nonmono: Annotated[int, typer.Option(min=1, help="ntasgd: start averaging when a validation loss is worse than the best one from before the last N validations.")] = TrainConfig.nonmono,
@@ -217,7 +208,7 @@ def train(
     checkpoint_interval: Annotated[str, typer.Option(help="Time between checkpoints (DIR/checkpoint, for --resume).")] = "10m",
     checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between checkpoints, instead of --checkpoint-interval.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run whose model directory this is, from its checkpoint, with its saved settings; only the options that set how long and how often (--epochs, --max-time, --patience, --eval-*, --checkpoint-*) and --device may be given anew.", show_default=False)] = None,
-    precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = TrainConfig.precision,
+    precision: Annotated[Literal[PRECISIONS], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = TrainConfig.precision,
     device: DeviceOption = "auto",
     random_seed: Annotated[int, typer.Option(min=0, max=MAX_RANDOM_SEED, help="Seed for weights, dropout and batching.")] = TrainConfig.random_seed,
     reverse: Annotated[bool, typer.Option("--reverse", help="Train a backward model: every line's tokens in reverse order, its end of line still last; score, perplexity and rescore reverse their input for it, sample writes the text before --seed.")] = False,
@@ -243,82 +234,14 @@ def train(
     from the corpus; locked on request); embedding dropout, weight dropout, AR and TAR (off unless
     asked for or set by a preset).
     """
-    from rnnlm.corpora import resolve_sources
-    from rnnlm.data import open_corpus
     from rnnlm.display import PrepareDisplay, TrainingDisplay
-    from rnnlm.durations import parse_duration
-    from rnnlm.model_files import MODEL_DIRECTORY, default_output_dir
-    from rnnlm.outputs import claimed
+    from rnnlm.workflows import train as train_model
 
-    given = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
-    settings = dict(ctx.params)
-    chosen_settings = set(given)  # what the user or a preset set, which no corpus-based default replaces
-    if preset is not None:
-        if resume is not None:
-            raise UserError("--resume continues with the saved settings; --preset cannot be given with it")
+    if preset is not None and resume is None:
         chosen = preset_named(preset)
-        preset_settings = {**chosen.model, **chosen.training}
-        settings |= {name: value for name, value in preset_settings.items() if name not in given}
-        chosen_settings |= set(preset_settings)
         typer.echo(f"preset {chosen.name}: {chosen.source}; published: {chosen.published}", err=True)
-    check_cell_options(settings["cell"], settings)
-    max_time, epochs = settings["max_time"], settings["epochs"]
-    if isinstance(max_time, str):
-        max_time = parse_duration(max_time)
-    timing = dict(epochs=epochs, max_time=max_time if max_time is not None or epochs else 300.0,
-                  patience=settings["patience"] or None, eval_every=eval_every,
-                  eval_interval=parse_duration(eval_interval, "--eval-interval") if eval_interval is not None else None,
-                  checkpoint_interval=parse_duration(checkpoint_interval, "--checkpoint-interval"),
-                  checkpoint_every=checkpoint_every, device=device)
-    if resume is not None:
-        fixed = sorted(given - set(timing) - {"resume"})
-        if fixed:
-            raise UserError(f"--resume continues with the saved settings; {', '.join(name_of(n) for n in fixed)} cannot change")
-        changes = {name: value for name, value in timing.items() if name in given}
-        if "epochs" in given and "max_time" not in given:
-            changes["max_time"] = None  # as for a new run: --epochs alone sets no time budget
-        with claimed(resume, MODEL_DIRECTORY) as directory:
-            from rnnlm.training import close_process_group
-            from rnnlm.training import train as train_model
-
-            corpus_data, model_config, config = resumed_settings(directory, changes)
-            train_model(corpus_data, directory, model_config, config, TrainingDisplay(), resume=True)
-            close_process_group()
-        return
-    if not corpus:
-        raise typer.BadParameter("give a corpus to train on, or --resume MODEL_DIR", param_hint="'CORPUS...'")
-    options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
-                               valid_fraction, test_fraction, encoding_errors)
-    training_config(settings, timing).validate()  # before the corpus is read: corpus-based defaults are valid too
-    with claimed(output or default_output_dir(corpus, settings["cell"]), MODEL_DIRECTORY) as directory:
-        corpus_data = open_corpus(*resolve_sources(corpus, options, mirror), PrepareDisplay())
-        _train_new(corpus_data, directory, settings, chosen_settings, timing)
-
-
-def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_settings: set[str],
-               timing: dict[str, Any]) -> None:
-    """Train a new model with the corpus-based defaults where the user and the preset left a choice."""
-    from rnnlm.display import TrainingDisplay
-    from rnnlm.training import MODEL_SETTINGS, close_process_group, default_model_config, default_training
-    from rnnlm.training import train as train_model
-
-    settings |= {name: value for name, value in default_training(corpus_data).items() if name not in chosen_settings}
-    cell_settings = {name: settings[name] for name in CELL_OPTIONS if settings.get(name) is not None}
-    if "attention_memory" in cell_named(settings["cell"]).options and settings["attention_memory"] is None:
-        cell_settings["attention_memory"] = settings["bptt"]  # the window before, as SRU++ trains
-    model_config = default_model_config(corpus_data, timing["max_time"], **cell_settings, **{
-        MODEL_SETTINGS.get(name, name): settings[name] for name in (
-            "cell", "layers", "embedding_size", "hidden_size", "dropout", "input_dropout", "layer_dropout",
-            "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie",
-            "reverse")})
-    train_model(corpus_data, output, model_config, training_config(settings, timing), TrainingDisplay())
-    close_process_group()
-
-
-def training_config(settings: dict[str, Any], timing: dict[str, Any]) -> TrainConfig:
-    return TrainConfig(**{name: settings[name] for name in (
-        "bptt", "variable_bptt", "batch_size", "optimizer", "lr", "weight_decay", "clip", "schedule", "lr_decay", "decay_start",
-        "nonmono", "warmup_steps", "precision", "random_seed")}, **timing)
+    train_model(corpus or None, output, preset=preset, resume=resume, reporter=TrainingDisplay(),
+                prepare_reporter=PrepareDisplay(), **given_options(ctx, ("corpus", "output", "preset", "resume")))
 
 
 def option_text(name: str, value: object) -> str:
@@ -327,12 +250,6 @@ def option_text(name: str, value: object) -> str:
     if isinstance(value, bool):
         return f"--{option}" if value else f"--no-{option}"
     return f"--{option} {value:g}" if isinstance(value, float) else f"--{option} {value}"
-
-
-def preset_named(name: str) -> Preset:
-    if name not in PRESETS:
-        raise UserError(f"{name!r} is not a preset; choose one of {PRESET_NAMES}")
-    return PRESETS[name]
 
 
 @app.command()
@@ -351,30 +268,6 @@ def presets(
         settings = " ".join(option_text(key, value) for key, value in {**preset.model, **preset.training}.items())
         typer.echo(("\n" if index else "") + f"{preset.name}\n  source: {preset.source}\n  published: {preset.published}\n"
                    f"  settings: {settings}" + (f"\n  note: {preset.notes}" if preset.notes else ""))
-
-
-def name_of(parameter: str) -> str:
-    return "the corpus" if parameter == "corpus" else "--" + parameter.replace("_", "-")
-
-
-def resumed_settings(directory: Path, changes: dict[str, Any]) -> tuple[Any, Any, TrainConfig]:
-    """The corpus, model shape and training settings saved in a model directory, with `changes` applied."""
-    from dataclasses import fields
-
-    from rnnlm.checkpoint import CONFIG, model_config_from, read_model_config
-    from rnnlm.data import load_prepared
-
-    saved = read_model_config(directory)
-    try:
-        known = {f.name for f in fields(TrainConfig)}
-        config = TrainConfig(**{k: v for k, v in saved["training"].items() if k in known} | changes)
-        corpus_directory = Path(saved["corpus"]["directory"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{directory / CONFIG}: the training settings are not valid ({error})") from None
-    if not corpus_directory.is_dir():
-        raise UserError(f"{directory / CONFIG}: the prepared corpus the model was trained on, {corpus_directory}, "
-                        "is missing; resuming needs it")
-    return load_prepared(corpus_directory), model_config_from(saved, directory), config
 
 
 def load_chosen(model: Optional[Path], device: str, quiet: bool) -> Any:
@@ -407,7 +300,7 @@ def load_models(models: Optional[list[Path]], weights: Optional[str], device: st
 def sample(
     model: ModelOption = None,
     seed: Annotated[str, typer.Option(help="Prompt text the sample continues (any UTF-8; empty: start of a line).")] = "",
-    strategy: Annotated[Literal["greedy", "sample", "beam"], typer.Option(help="greedy: the most likely token each step; sample: draw from the distribution; beam: beam search for the most likely continuations.")] = SamplingConfig.strategy,
+    strategy: Annotated[Literal[STRATEGIES], typer.Option(help="greedy: the most likely token each step; sample: draw from the distribution; beam: beam search for the most likely continuations.")] = SamplingConfig.strategy,
     temperature: Annotated[float, typer.Option(min=0.0, help="sample: divide the logits by this before drawing; 0 is greedy.")] = SamplingConfig.temperature,
     top_k: Annotated[int, typer.Option(min=0, help="sample: draw only among the k most likely tokens (0: all).")] = SamplingConfig.top_k,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="sample: draw only from the smallest set of most likely tokens whose probability reaches p (1: all).")] = SamplingConfig.top_p,
@@ -417,7 +310,7 @@ def sample(
     num_samples: Annotated[int, typer.Option(min=1, max=MAX_BATCH_ROWS, help="Samples, generated together as one batch; with beam, the N best hypotheses (N at most --beam-size).")] = SamplingConfig.num_samples,
     stop: Annotated[Optional[list[str]], typer.Option(help="End a sample once its generated text contains this string, which is kept in the output (repeatable).")] = None,
     until_eol: Annotated[bool, typer.Option("--until-eol", help="End a sample at its first end of line, which is kept in the output.")] = False,
-    output_format: Annotated[Literal["text", "jsonl"], typer.Option("--format", help="text: the seed and its continuation; jsonl: one object per sample with seed, text (the continuation), logprob, score, tokens, stopped and the settings.")] = "text",
+    output_format: Annotated[Literal[SAMPLE_FORMATS], typer.Option("--format", help="text: the seed and its continuation; jsonl: one object per sample with seed, text (the continuation), logprob, score, tokens, stopped and the settings.")] = "text",
     random_seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_RANDOM_SEED, help="Seed for reproducible samples (default: fresh randomness, recorded in --format jsonl).")] = None,
     device: DeviceOption = "auto",
     quiet: QuietOption = False,
@@ -479,8 +372,8 @@ def score(
     file: Annotated[str, typer.Argument(help="Text to score, one item per line; - for standard input.")] = "-",
     model: ModelsOption = None,
     weights: WeightsOption = None,
-    output_format: Annotated[Literal["tsv", "value", "jsonl", "kenlm"], typer.Option("--format", help="tsv: LOGPROB<TAB>LINE; value: the number alone (for paste); jsonl: one object per line (text, logprob, tokens, words, chars, oov); kenlm: 'Total: LOG10PROB OOV: N' lines and KenLM query's closing perplexity summary.")] = "tsv",
-    log_base: Annotated[Literal["e", "2", "10"], typer.Option(help="Base of the logarithms printed (the kenlm format is always base 10).")] = "e",
+    output_format: Annotated[Literal[SCORE_FORMATS], typer.Option("--format", help="tsv: LOGPROB<TAB>LINE; value: the number alone (for paste); jsonl: one object per line (text, logprob, tokens, words, chars, oov); kenlm: 'Total: LOG10PROB OOV: N' lines and KenLM query's closing perplexity summary.")] = "tsv",
+    log_base: Annotated[Literal[LOG_BASES], typer.Option(help="Base of the logarithms printed (the kenlm format is always base 10).")] = "e",
     per_token: Annotated[bool, typer.Option("--per-token", help="Add each token's log-probability: jsonl keys token_logprobs and pieces; tab-indented PIECE<TAB>LOGPROB rows under each tsv/value line; KenLM's PIECE=ID 0 LOG10PROB fields.")] = False,
     utt_id: Annotated[bool, typer.Option("--utt-id", help="The first whitespace-separated field of each line is an identifier: printed first (jsonl: key id), never scored.")] = False,
     summary: Annotated[bool, typer.Option("--summary", help="Print corpus totals on stderr: total log-probability, tokens, OOV, perplexity per token and word, bits per character, speed.")] = False,
@@ -585,7 +478,7 @@ def rescore(
     lm_weight: Annotated[float, typer.Option(help="Weight of the LM log-probability (nats) in the new score.")] = 1.0,
     word_penalty: Annotated[float, typer.Option(help="Added to the new score once per whitespace word of the hypothesis.")] = 0.0,
     every_hypothesis: Annotated[bool, typer.Option("--all", help="Print every hypothesis in input order: utt-id, first-pass score, LM log-prob, new score, new rank, hypothesis.")] = False,
-    input_format: Annotated[Literal["tsv", "kaldi"], typer.Option("--format", help="tsv: utt-id<TAB>first-pass-score<TAB>hypothesis; kaldi: Kaldi's n-best text, utt-id-N then the words, with --costs.")] = "tsv",
+    input_format: Annotated[Literal[NBEST_FORMATS], typer.Option("--format", help="tsv: utt-id<TAB>first-pass-score<TAB>hypothesis; kaldi: Kaldi's n-best text, utt-id-N then the words, with --costs.")] = "tsv",
     costs: Annotated[Optional[str], typer.Option(help="With --format kaldi: the costs file, 'utt-id-N COST' on the line of each hypothesis (lower is better; first-pass score = -COST).", show_default=False)] = None,
     tune: Annotated[Optional[Path], typer.Option(help="References, utt-id<TAB>reference text: choose --lm-weight and --word-penalty on a grid to minimise the word error rate, print a table of WER and sentence error rate on stderr, then rescore with the chosen values (holds every n-best list in memory).", show_default=False)] = None,
     device: DeviceOption = "auto",
@@ -692,10 +585,8 @@ def main() -> None:
     try:
         code = command.main(args=sys.argv[1:], prog_name="rnnlm", standalone_mode=False)
         sys.stdout.flush()
-    except InvalidOption as error:
-        _fail(str(error), 2)
     except UserError as error:
-        _fail(str(error), 1)
+        _fail(command_line_text(error), 2 if isinstance(error, InvalidOption) else 1)
     except usage_error as error:
         if not error.format_message():  # type: ignore[attr-defined]
             sys.exit(2)  # no arguments at all: the help was shown
@@ -712,6 +603,24 @@ def main() -> None:
         where = f": {error.filename}" if error.filename else ""
         _fail(f"{error.strerror or error}{where}", 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+POSITIONAL = ("corpus",)  # arguments that are positional on the command line
+
+
+def option_name(argument: str) -> str:
+    """The command line's name for a library argument: batch_size is --batch-size, corpus CORPUS."""
+    return argument.upper() if argument in POSITIONAL else "--" + argument.replace("_", "-")
+
+
+def command_line_text(error: UserError) -> str:
+    """A library error as the command line says it: the arguments it names (the one at fault, and
+    any in backquotes) written as options, "--batch-size must be at least 1"."""
+    message = str(error)
+    if isinstance(error, InvalidOption) and error.argument:
+        name = option_name(error.argument)
+        message = f"{name}: {error.problem}" if error.argument in POSITIONAL else f"{name} {error.problem}"
+    return re.sub(r"`([a-z][a-z_]*)`", lambda match: option_name(match.group(1)), message)
 
 
 def _fail(message: str, code: int) -> None:

@@ -15,11 +15,11 @@ import torch
 
 from conftest import make_corpus, run_cli
 from rnnlm.checkpoint import load_checkpoint, load_model, read_metrics
-from rnnlm.config import PRESETS, TrainConfig
+from rnnlm.config import TrainConfig
 from rnnlm.data import PrepareOptions, PreparedCorpus, prepare
+from rnnlm.defaults import MODEL_SETTINGS, PRESETS
 from rnnlm.model import ModelConfig, RNNLanguageModel, dropout_mask
 from rnnlm.training import (
-    MODEL_SETTINGS,
     SilentReporter,
     WeightAverage,
     averaging_triggered,
