@@ -83,7 +83,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {name: getattr(TrainConfig, name) for name i
     "decay_start", "nonmono", "warmup_steps", "precision", "random_seed")}
 TIMING_DEFAULTS: dict[str, Any] = dict(  # the settings a resumed run may change
     epochs=None, max_time=None, patience=TrainConfig.patience, eval_interval=None, eval_every=None,
-    checkpoint_interval=TrainConfig.checkpoint_interval, checkpoint_every=None, device=TrainConfig.device)
+    checkpoint_interval="10m", checkpoint_every=None, device=TrainConfig.device)
 PREPARE_DEFAULTS: dict[str, Any] = dict(  # tokenizer None: the corpus's usual one (rnnlm.corpora.default_tokenizer)
     tokenizer=None, vocab_size=None, min_count=1, subword_alpha=0.0, subword_samples=4, valid=None, test=None,
     valid_fraction=0.05, test_fraction=0.0, encoding_errors="strict", mirror=None)
