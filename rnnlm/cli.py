@@ -15,14 +15,14 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
 from rnnlm import __version__
 from rnnlm.cells import CELL_NAMES, cells_help
 from rnnlm.choices import LOG_BASES, NBEST_FORMATS, SAMPLE_FORMATS, SCORE_FORMATS, TOKENIZERS
-from rnnlm.config import OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DynamicEvaluation, SamplingConfig, TrainConfig
+from rnnlm.config import OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DynamicEvaluation, SamplingConfig
 from rnnlm.defaults import MAX_RANDOM_SEED, PRESETS, TRAIN_DEFAULTS, Preset, bounds, preset_named
 from rnnlm.errors import InvalidOption, UserError
 from rnnlm.fileio import ENCODING_ERRORS

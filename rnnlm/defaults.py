@@ -119,8 +119,9 @@ def preset_named(name: str) -> Preset:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Every setting of a new run, checked, as the caller and the preset left them: what the corpus
-    decides comes in `configs`, once the corpus is read."""
+    """Every setting of a new run, checked, as the caller and the preset left them; `configs` then
+    resolves the full model and training settings once the corpus is read. The command line and
+    the library both come here (through rnnlm.workflows.train), so they cannot disagree."""
 
     values: dict[str, Any]
     chosen: frozenset[str]  # set by the caller or the preset: no corpus-based default replaces these
@@ -149,11 +150,6 @@ class TrainSettings:
             cell_settings["attention_memory"] = values["bptt"]  # the window before, as SRU++ trains
         shape = {MODEL_SETTINGS.get(name, name): values[name] for name in MODEL_DEFAULTS if name not in CELL_OPTIONS}
         return default_model_config(corpus, config.max_time, **cell_settings, **shape), config
-
-
-def resolve(given: dict[str, Any], preset: str | None, corpus: PreparedCorpus) -> tuple[ModelConfig, TrainConfig]:
-    """The full settings of a new run on `corpus`: the caller's, then the preset's, then the corpus's."""
-    return TrainSettings.new_run(given, preset).configs(corpus)
 
 
 def check_arguments(given: dict[str, Any]) -> None:
@@ -215,11 +211,11 @@ def resumed_settings(directory: Path, given: dict[str, Any]) -> tuple[PreparedCo
     from rnnlm.checkpoint import CONFIG, model_config_from, read_model_config
     from rnnlm.data import load_prepared
 
+    check_arguments({name: value for name, value in given.items() if name != "corpus"})
     fixed = sorted(set(given) - set(TIMING_DEFAULTS) - {"mirror"})  # where catalogue copies lie changes nothing saved
     if fixed:
         named = ", ".join("the corpus" if name == "corpus" else f"`{name}`" for name in fixed)
         raise UserError(f"`resume` continues with the saved settings; {named} cannot change")
-    check_arguments(given)
     changes = {name: value for name, value in timing_settings(TIMING_DEFAULTS | given).items() if name in given}
     if "epochs" in given and "max_time" not in given:
         changes["max_time"] = None
@@ -230,7 +226,6 @@ def resumed_settings(directory: Path, given: dict[str, Any]) -> tuple[PreparedCo
         corpus_directory = Path(saved["corpus"]["directory"])
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{directory / CONFIG}: the training settings are not valid ({error})") from None
-    config.validate()
     if not corpus_directory.is_dir():
         raise UserError(f"{directory / CONFIG}: the prepared corpus the model was trained on, {corpus_directory}, "
                         "is missing; resuming needs it")
