@@ -20,7 +20,7 @@ import torch
 from common import DEFAULT_CORPORA, write_markdown
 from rnnlm.model import ModelConfig, RNNLanguageModel
 from rnnlm.scoring import encode_line, score_lines
-from rnnlm.training import clustered_softmax_head
+from rnnlm.defaults import clustered_softmax_head
 from rnnlm.tokenizers import train_tokenizer
 
 CHUNK_LINES = 2048

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from rnnlm.model import ModelConfig, RNNLanguageModel
-from rnnlm.training import clustered_softmax_head
+from rnnlm.defaults import clustered_softmax_head
 
 
 class MallInfo2(ctypes.Structure):

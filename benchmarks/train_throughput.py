@@ -34,8 +34,9 @@ from common import DEFAULT_CORPORA, write_markdown  # noqa: E402
 from rnnlm.cells import CELLS  # noqa: E402
 from rnnlm.config import TrainConfig  # noqa: E402
 from rnnlm.batching import stream_batches  # noqa: E402
+from rnnlm.defaults import clustered_softmax_head  # noqa: E402
 from rnnlm.model import ModelConfig, ModelOutput, RNNLanguageModel, State  # noqa: E402
-from rnnlm.training import clustered_softmax_head, make_optimizer, resolve_precision, train_step  # noqa: E402
+from rnnlm.training import make_optimizer, resolve_precision, train_step  # noqa: E402
 
 LR = 3e-3
 CLIP = 1.0

@@ -8,22 +8,24 @@ stays fast. Errors become one line on stderr: exit 1 for bad input, 2 for bad us
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
 from rnnlm import __version__
-from rnnlm.cells import CELL_NAMES, CELL_OPTIONS, cell_named, cells_help, check_cell_options
-from rnnlm.config import PRESETS, DynamicEvaluation, Preset, SamplingConfig, TrainConfig
+from rnnlm.cells import CELL_NAMES, cells_help
+from rnnlm.choices import LOG_BASES, NBEST_FORMATS, SAMPLE_FORMATS, SCORE_FORMATS, TOKENIZERS
+from rnnlm.config import OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DynamicEvaluation, SamplingConfig
+from rnnlm.defaults import MAX_RANDOM_SEED, PRESETS, TRAIN_DEFAULTS, Preset, bounds, preset_named
 from rnnlm.errors import InvalidOption, UserError
-
-if TYPE_CHECKING:
-    from rnnlm.preparation import PrepareOptions
+from rnnlm.fileio import ENCODING_ERRORS
 
 app = typer.Typer(
     name="rnnlm",
@@ -61,31 +63,31 @@ QuietOption = Annotated[bool, typer.Option(
     "--quiet", "-q", envvar="RNNLM_QUIET", show_envvar=True,
     help="Do not name on stderr the model used when -m does not (warnings and errors still appear).")]
 DeviceOption = Annotated[str, typer.Option(help="Device: auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")]
-EncodingErrorsOption = Annotated[Literal["strict", "replace"], typer.Option(
+EncodingErrorsOption = Annotated[Literal[ENCODING_ERRORS], typer.Option(
     "--encoding-errors", help="Invalid UTF-8 in the input: 'strict' stops with its byte offset and line; 'replace' substitutes U+FFFD.")]
-TokenizerOption = Annotated[Optional[Literal["char", "word", "bpe", "unigram"]], typer.Option(
+TokenizerOption = Annotated[Optional[Literal[TOKENIZERS]], typer.Option(
     "--tokenizer", show_default=False,
     help="Tokenizer, built from the training text: char (Unicode characters), word (whitespace words), bpe or unigram "
     "(sentencepiece subwords with byte fallback) (default: char; word for the catalogue corpus ptb).")]
 VocabSizeOption = Annotated[Optional[int], typer.Option(
-    "--vocab-size", min=3, max=1 << 31, show_default=False,
+    "--vocab-size", **bounds("vocab_size"), show_default=False,
     help="Vocabulary size, end-of-line and unknown tokens included (word, bpe, unigram) "
     "(default: every training word for word, 8000 for bpe and unigram).")]
 MinCountOption = Annotated[int, typer.Option(
-    "--min-count", min=1, help="Word tokenizer: keep only words seen at least this often in the training text.")]
+    "--min-count", **bounds("min_count"), help="Word tokenizer: keep only words seen at least this often in the training text.")]
 SubwordAlphaOption = Annotated[float, typer.Option(
-    "--subword-alpha", min=0.0, max=1.0,
+    "--subword-alpha", **bounds("subword_alpha"),
     help="Subword regularisation (bpe, unigram): train on sampled segmentations; bpe: BPE-dropout probability, "
     "unigram: sampling smoothing. 0: off.")]
 SubwordSamplesOption = Annotated[int, typer.Option(
-    "--subword-samples", min=1, max=100,
+    "--subword-samples", **bounds("subword_samples"),
     help="With --subword-alpha: sampled encodings of the training text written; training reads one per epoch in turn.")]
 ValidOption = Annotated[Optional[str], typer.Option("--valid", help="Validation text file (default: split off the corpus).")]
 TestOption = Annotated[Optional[str], typer.Option("--test", help="Test text file (default: split off the corpus).")]
 ValidFractionOption = Annotated[float, typer.Option(
-    "--valid-fraction", min=0.0, max=1.0, help="Without --valid/--test: fraction of lines, before the test lines at the end, held out for validation.")]
+    "--valid-fraction", **bounds("valid_fraction"), help="Without --valid/--test: fraction of lines, before the test lines at the end, held out for validation.")]
 TestFractionOption = Annotated[float, typer.Option(
-    "--test-fraction", min=0.0, max=1.0, help="Without --valid/--test: fraction of lines at the end held out for testing.")]
+    "--test-fraction", **bounds("test_fraction"), help="Without --valid/--test: fraction of lines at the end held out for testing.")]
 MirrorOption = Annotated[Optional[str], typer.Option(
     "--mirror", envvar="RNNLM_CORPUS_MIRROR", show_envvar=True,
     help="Folder holding local copies of the catalogue corpora (e.g. MIRROR/ptb/ptb.train.txt), used instead of downloading.")]
@@ -110,6 +112,47 @@ def ends_quietly_on_closed_pipe(command: Callable[..., None]) -> Callable[..., N
     return run
 
 
+EpochsOption = Annotated[Optional[int], typer.Option(**bounds("epochs"), help="Passes over the training split (default: as many as --max-time allows).")]
+MaxTimeOption = Annotated[Optional[str], typer.Option(help="Wall-clock budget such as 90s, 5m, 1h30m (default: 5m when --epochs is not given).")]
+PatienceOption = Annotated[int, typer.Option(**bounds("patience"), help="Stop after this many evaluations without a better validation loss (0: never).")]
+EvalIntervalOption = Annotated[Optional[str], typer.Option(help="Time between validations, e.g. 30s (default: a twentieth of --max-time, at least 5s; 30s with only --epochs).")]
+EvalEveryOption = Annotated[Optional[int], typer.Option(**bounds("eval_every"), help="Steps between validations, instead of --eval-interval.")]
+CheckpointIntervalOption = Annotated[str, typer.Option(help="Time between checkpoints (DIR/checkpoint, for --resume).")]
+CheckpointEveryOption = Annotated[Optional[int], typer.Option(**bounds("checkpoint_every"), help="Steps between checkpoints, instead of --checkpoint-interval.")]
+TIMING_OPTIONS = dict(  # the options of `train` that say how long and how often, which --resume may change
+    epochs=EpochsOption, max_time=MaxTimeOption, patience=PatienceOption, eval_interval=EvalIntervalOption,
+    eval_every=EvalEveryOption, checkpoint_interval=CheckpointIntervalOption, checkpoint_every=CheckpointEveryOption)
+PREPARATION_OPTIONS = dict(  # the options of `prepare` that `train` takes too, with their defaults in rnnlm.defaults
+    tokenizer=TokenizerOption, vocab_size=VocabSizeOption, min_count=MinCountOption, subword_alpha=SubwordAlphaOption,
+    subword_samples=SubwordSamplesOption, valid=ValidOption, test=TestOption, valid_fraction=ValidFractionOption,
+    test_fraction=TestFractionOption, encoding_errors=EncodingErrorsOption, mirror=MirrorOption)
+
+
+def with_options(group: dict[str, Any]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command a group of options declared once (for `prepare` and `train`, or the timing of
+    `train`), with the library's defaults (rnnlm.defaults); the command reads the ones given from
+    its context (given_options), so they are not passed to it."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=TRAIN_DEFAULTS[name])
+                 for name, annotation in group.items()]
+        signature = inspect.signature(command, eval_str=True)
+
+        @functools.wraps(command)
+        def run(**options: Any) -> None:
+            command(**{name: value for name, value in options.items() if name not in group})
+
+        run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *added])  # type: ignore[attr-defined]
+        return run
+
+    return decorate
+
+
+def piped_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Register a subcommand whose output may go to a pipe that closes early (`rnnlm score | head`)."""
+    return app.command()(ends_quietly_on_closed_pipe(command))
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"rnnlm {__version__}")
@@ -125,20 +168,11 @@ def main_options(
 
 
 @app.command()
+@with_options(PREPARATION_OPTIONS)
 def prepare(
+    ctx: typer.Context,
     corpus: Annotated[list[str], typer.Argument(help="Text file(s) or directories of them, - for standard input, or a catalogue name: alice, tinyshakespeare, ptb, ptb-char.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write: new, empty, or an earlier prepare (whose files are replaced; files rnnlm did not write are kept, any other directory is refused).")],
-    tokenizer: TokenizerOption = None,
-    vocab_size: VocabSizeOption = None,
-    min_count: MinCountOption = 1,
-    subword_alpha: SubwordAlphaOption = 0.0,
-    subword_samples: SubwordSamplesOption = 4,
-    valid: ValidOption = None,
-    test: TestOption = None,
-    valid_fraction: ValidFractionOption = 0.05,
-    test_fraction: TestFractionOption = 0.0,
-    encoding_errors: EncodingErrorsOption = "strict",
-    mirror: MirrorOption = None,
 ) -> None:
     """Build the tokenizer and the token-id files (train.bin, valid.bin, test.bin, meta.json) from text.
 
@@ -148,187 +182,93 @@ def prepare(
     to bytes). meta.json records, per split, tokens (end-of-line included), words (plus one per line
     end), characters (newlines included), lines and OOV tokens.
     """
-    from rnnlm.corpora import resolve_sources
-    from rnnlm.preparation import prepare as prepare_corpus
     from rnnlm.display import PrepareDisplay
+    from rnnlm.workflows import prepare as prepare_corpus
 
-    options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
-                               valid_fraction, test_fraction, encoding_errors)
-    sources, options = resolve_sources(corpus, options, mirror)
-    prepared = prepare_corpus(sources, output, options, PrepareDisplay())
+    prepared = prepare_corpus(corpus, output, reporter=PrepareDisplay(), **given_options(ctx, ("corpus", "output")))
     for split, counts in prepared.meta["splits"].items():
         typer.echo(f"{split}: {counts['tokens']:,} tokens, {counts['words']:,} words, {counts['chars']:,} characters, "
                    f"{counts['lines']:,} lines, {counts['oov']:,} OOV", err=True)
     if prepared.train_samples:
         typer.echo(f"train samples: {', '.join(f'{len(s):,}' for s in prepared.train_samples)} tokens", err=True)
-    typer.echo(f"vocabulary: {prepared.tokenizer.vocab_size:,} tokens ({options.tokenizer}); wrote {output}", err=True)
+    typer.echo(f"vocabulary: {prepared.tokenizer.vocab_size:,} tokens ({prepared.tokenizer.kind}); wrote {output}", err=True)
 
 
-def _prepare_options(corpus: list[str], tokenizer: Optional[str], vocab_size: Optional[int], min_count: int,
-                     subword_alpha: float, subword_samples: int, valid: Optional[str], test: Optional[str],
-                     valid_fraction: float, test_fraction: float, encoding_errors: str) -> PrepareOptions:
-    """The preparation options of `prepare` and `train`, the tokenizer defaulting to the corpus's usual one."""
-    from rnnlm.corpora import default_tokenizer
-    from rnnlm.preparation import PrepareOptions
-
-    return PrepareOptions(tokenizer=tokenizer or default_tokenizer(corpus), valid=valid, test=test,
-                          valid_fraction=valid_fraction, test_fraction=test_fraction, encoding_errors=encoding_errors,
-                          vocab_size=vocab_size, min_count=min_count, subword_alpha=subword_alpha,
-                          subword_samples=subword_samples)
+def given_options(ctx: typer.Context, apart: tuple[str, ...]) -> dict[str, Any]:
+    """The options the user gave (on the command line or in the environment), for the library to
+    apply over its own defaults; `apart` are those the command passes by themselves."""
+    return {name: value for name, value in ctx.params.items()
+            if name not in apart and ctx.get_parameter_source(name).name != "DEFAULT"}
 
 
 PRESET_NAMES = ", ".join(PRESETS)
 CellName = Literal[CELL_NAMES]  # type: ignore[valid-type]  # the registry's cells
-MAX_RANDOM_SEED = 2**63 - 1  # torch's and numpy's generators take any seed up to this
-MAX_LAYERS = 100
 MAX_BATCH_ROWS = 10_000  # beams or samples decoded side by side
 
 
 @app.command()
+@with_options(PREPARATION_OPTIONS)
+@with_options(TIMING_OPTIONS)
 def train(
     ctx: typer.Context,
     corpus: Annotated[Optional[list[str]], typer.Argument(help="Text file(s) or directories of them, a catalogue name (alice, tinyshakespeare, ptb, ptb-char), or a directory made by 'rnnlm prepare' (not with --resume).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model directory (default: models/NAME-CELL-TIME): new, empty, or an earlier model (whose files are replaced; files rnnlm did not write are kept, any other directory is refused). One run writes a directory at a time.")] = None,
     preset: Annotated[Optional[str], typer.Option(help=f"A published configuration ({PRESET_NAMES}; 'rnnlm presets' lists their settings and sources). Options given on the command line override it.", show_default=False)] = None,
-    cell: Annotated[CellName, typer.Option(help=cells_help())] = "lstm",
-    mogrifier_rounds: Annotated[Optional[int], typer.Option(min=0, help="mogrifier cell: rounds of gating between the input and the hidden state before each step (0: a plain LSTM) (default: 5).", show_default=False)] = None,
-    attention_memory: Annotated[Optional[int], typer.Option(min=1, help="sru++ cell: the positions each token attends to, itself and those before it, carried across windows in the recurrent state (default: --bptt).", show_default=False)] = None,
-    layers: Annotated[int, typer.Option(min=1, max=MAX_LAYERS, help="Recurrent layers.")] = 2,
-    embedding_size: Annotated[Optional[int], typer.Option(min=1, help="Embedding size (default: chosen from the corpus size).")] = None,
-    hidden_size: Annotated[Optional[int], typer.Option(min=1, help="Hidden size (default: 256 below 500,000 training tokens or under a budget below 10 minutes, else 512).")] = None,
-    dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on the top layer's outputs, and on the embeddings and between layers unless --input-dropout or --layer-dropout say otherwise (default: chosen from the corpus size, the vocabulary and the model size).")] = None,
-    input_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout on the embeddings, the first layer's input (default: --dropout).")] = None,
-    layer_dropout: Annotated[Optional[float], typer.Option(min=0.0, max=0.95, help="Dropout between recurrent layers (default: --dropout).")] = None,
-    embedding_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Embedding dropout: drop whole word types from each batch (AWD-LSTM's dropoute).")] = 0.0,
-    weight_dropout: Annotated[float, typer.Option(min=0.0, max=0.95, help="DropConnect on the hidden-to-hidden weights (sru: the recurrent vectors), one mask per batch (AWD-LSTM's wdrop).")] = 0.0,
-    locked_dropout: Annotated[bool, typer.Option("--locked-dropout/--no-locked-dropout", help="Variational (locked) dropout: one mask per sequence, the same at every time step, for the input, between-layer and output dropouts.")] = False,
-    ar: Annotated[float, typer.Option("--ar", min=0.0, help="Activation regularisation: add ALPHA × mean square of the (dropped) top-layer outputs to the loss.")] = 0.0,
-    tar: Annotated[float, typer.Option("--tar", min=0.0, help="Temporal activation regularisation: add BETA × mean square of the change in the top-layer outputs between time steps.")] = 0.0,
-    init_range: Annotated[Optional[float], typer.Option(min=0.0, help="Initialise every weight uniformly in ±R (default: torch's initialisation, with tied embeddings in ±0.1).")] = None,
-    softmax_head: Annotated[Optional[int], typer.Option(min=0, help="Clustered softmax: the N most frequent tokens (and one cluster token for the rest) get the first softmax; rarer tokens a second one, computed in training only for rare targets. Exact probabilities, a faster decoder for large vocabularies. 0: one plain softmax (default: chosen from the token frequencies when it at least halves the decoder's work, else 0).", show_default=False)] = None,
-    tie: Annotated[Optional[bool], typer.Option("--tie/--no-tie", help="Share the embedding and decoder weights (a projection bridges different sizes) (default: on for word-sized vocabularies).")] = None,
-    bptt: Annotated[int, typer.Option(min=1, help="Tokens per truncated back-propagation window (35 for vocabularies over 1000 tokens).")] = TrainConfig.bptt,
-    variable_bptt: Annotated[bool, typer.Option("--variable-bptt/--no-variable-bptt", help="Vary each window's length as AWD-LSTM does (about --bptt, one time in twenty about half of it, standard deviation 5 tokens), with the learning rate scaled to the length, so that windows start at every offset.")] = TrainConfig.variable_bptt,
-    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams per batch, shared out among torchrun processes (the global batch) (20 for vocabularies over 1000 tokens).")] = TrainConfig.batch_size,
-    optimizer: Annotated[Literal["adamw", "sgd", "ntasgd"], typer.Option(help="Optimiser: adamw; sgd; ntasgd: SGD that starts averaging the weights once the validation loss stops improving (see --nonmono), evaluating and saving the average. Vocabularies over 1000 tokens default to sgd.")] = TrainConfig.optimizer,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (20 for vocabularies over 1000 tokens).")] = TrainConfig.lr,
-    weight_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay (adamw: decoupled, on matrices only; sgd, ntasgd: L2 on every weight) (0 for vocabularies over 1000 tokens).")] = TrainConfig.weight_decay,
-    clip: Annotated[float, typer.Option(min=0.0, help="Clip the gradient norm to this (0: off) (0.25 for vocabularies over 1000 tokens).")] = TrainConfig.clip,
-    schedule: Annotated[Literal["cosine", "constant", "plateau", "step"], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth by the end of --epochs or --max-time, constant, plateau (halved after every validation that is not the best), or step (times --lr-decay each epoch after --decay-start).")] = TrainConfig.schedule,
-    lr_decay: Annotated[float, typer.Option(min=0.0, max=1.0, help="step schedule: the factor applied to the learning rate at each epoch after --decay-start.")] = TrainConfig.lr_decay,
-    decay_start: Annotated[int, typer.Option(min=0, help="step schedule: epochs at the full learning rate.")] = TrainConfig.decay_start,
-    nonmono: Annotated[int, typer.Option(min=1, help="ntasgd: start averaging when a validation loss is worse than the best one from before the last N validations.")] = TrainConfig.nonmono,
-    warmup_steps: Annotated[int, typer.Option(min=0, help="Steps of linear learning-rate warm-up.")] = TrainConfig.warmup_steps,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Passes over the training split (default: as many as --max-time allows).")] = None,
-    max_time: Annotated[Optional[str], typer.Option(help="Wall-clock budget such as 90s, 5m, 1h30m (default: 5m when --epochs is not given).")] = None,
-    patience: Annotated[int, typer.Option(min=0, help="Stop after this many evaluations without a better validation loss (0: never).")] = TrainConfig.patience or 0,
-    eval_interval: Annotated[Optional[str], typer.Option(help="Time between validations, e.g. 30s (default: a twentieth of --max-time, at least 5s; 30s with only --epochs).")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between validations, instead of --eval-interval.")] = None,
-    checkpoint_interval: Annotated[str, typer.Option(help="Time between checkpoints (DIR/checkpoint, for --resume).")] = "10m",
-    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="Steps between checkpoints, instead of --checkpoint-interval.")] = None,
+    cell: Annotated[CellName, typer.Option(help=cells_help())] = TRAIN_DEFAULTS["cell"],
+    mogrifier_rounds: Annotated[Optional[int], typer.Option(**bounds("mogrifier_rounds"), help="mogrifier cell: rounds of gating between the input and the hidden state before each step (0: a plain LSTM) (default: 5).", show_default=False)] = TRAIN_DEFAULTS["mogrifier_rounds"],
+    attention_memory: Annotated[Optional[int], typer.Option(**bounds("attention_memory"), help="sru++ cell: the positions each token attends to, itself and those before it, carried across windows in the recurrent state (default: --bptt).", show_default=False)] = TRAIN_DEFAULTS["attention_memory"],
+    layers: Annotated[int, typer.Option(**bounds("layers"), help="Recurrent layers.")] = TRAIN_DEFAULTS["layers"],
+    embedding_size: Annotated[Optional[int], typer.Option(**bounds("embedding_size"), help="Embedding size (default: chosen from the corpus size).")] = TRAIN_DEFAULTS["embedding_size"],
+    hidden_size: Annotated[Optional[int], typer.Option(**bounds("hidden_size"), help="Hidden size (default: 256 below 500,000 training tokens or under a budget below 10 minutes, else 512).")] = TRAIN_DEFAULTS["hidden_size"],
+    dropout: Annotated[Optional[float], typer.Option(**bounds("dropout"), help="Dropout on the top layer's outputs, and on the embeddings and between layers unless --input-dropout or --layer-dropout say otherwise (default: chosen from the corpus size, the vocabulary and the model size).")] = TRAIN_DEFAULTS["dropout"],
+    input_dropout: Annotated[Optional[float], typer.Option(**bounds("input_dropout"), help="Dropout on the embeddings, the first layer's input (default: --dropout).")] = TRAIN_DEFAULTS["input_dropout"],
+    layer_dropout: Annotated[Optional[float], typer.Option(**bounds("layer_dropout"), help="Dropout between recurrent layers (default: --dropout).")] = TRAIN_DEFAULTS["layer_dropout"],
+    embedding_dropout: Annotated[float, typer.Option(**bounds("embedding_dropout"), help="Embedding dropout: drop whole word types from each batch (AWD-LSTM's dropoute).")] = TRAIN_DEFAULTS["embedding_dropout"],
+    weight_dropout: Annotated[float, typer.Option(**bounds("weight_dropout"), help="DropConnect on the hidden-to-hidden weights (sru: the recurrent vectors), one mask per batch (AWD-LSTM's wdrop).")] = TRAIN_DEFAULTS["weight_dropout"],
+    locked_dropout: Annotated[bool, typer.Option("--locked-dropout/--no-locked-dropout", help="Variational (locked) dropout: one mask per sequence, the same at every time step, for the input, between-layer and output dropouts.")] = TRAIN_DEFAULTS["locked_dropout"],
+    ar: Annotated[float, typer.Option("--ar", **bounds("ar"), help="Activation regularisation: add ALPHA × mean square of the (dropped) top-layer outputs to the loss.")] = TRAIN_DEFAULTS["ar"],
+    tar: Annotated[float, typer.Option("--tar", **bounds("tar"), help="Temporal activation regularisation: add BETA × mean square of the change in the top-layer outputs between time steps.")] = TRAIN_DEFAULTS["tar"],
+    init_range: Annotated[Optional[float], typer.Option(**bounds("init_range"), help="Initialise every weight uniformly in ±R (default: torch's initialisation, with tied embeddings in ±0.1).")] = TRAIN_DEFAULTS["init_range"],
+    softmax_head: Annotated[Optional[int], typer.Option(**bounds("softmax_head"), help="Clustered softmax: the N most frequent tokens (and one cluster token for the rest) get the first softmax; rarer tokens a second one, computed in training only for rare targets. Exact probabilities, a faster decoder for large vocabularies. 0: one plain softmax (default: chosen from the token frequencies when it at least halves the decoder's work, else 0).", show_default=False)] = TRAIN_DEFAULTS["softmax_head"],
+    tie: Annotated[Optional[bool], typer.Option("--tie/--no-tie", help="Share the embedding and decoder weights (a projection bridges different sizes) (default: on for word-sized vocabularies).")] = TRAIN_DEFAULTS["tie"],
+    bptt: Annotated[int, typer.Option(**bounds("bptt"), help="Tokens per truncated back-propagation window (35 for vocabularies over 1000 tokens).")] = TRAIN_DEFAULTS["bptt"],
+    variable_bptt: Annotated[bool, typer.Option("--variable-bptt/--no-variable-bptt", help="Vary each window's length as AWD-LSTM does (about --bptt, one time in twenty about half of it, standard deviation 5 tokens), with the learning rate scaled to the length, so that windows start at every offset.")] = TRAIN_DEFAULTS["variable_bptt"],
+    batch_size: Annotated[int, typer.Option(**bounds("batch_size"), help="Parallel streams per batch, shared out among torchrun processes (the global batch) (20 for vocabularies over 1000 tokens).")] = TRAIN_DEFAULTS["batch_size"],
+    optimizer: Annotated[Literal[OPTIMIZERS], typer.Option(help="Optimiser: adamw; sgd; ntasgd: SGD that starts averaging the weights once the validation loss stops improving (see --nonmono), evaluating and saving the average. Vocabularies over 1000 tokens default to sgd.")] = TRAIN_DEFAULTS["optimizer"],
+    lr: Annotated[float, typer.Option(**bounds("lr"), help="Peak learning rate (20 for vocabularies over 1000 tokens).")] = TRAIN_DEFAULTS["lr"],
+    weight_decay: Annotated[float, typer.Option(**bounds("weight_decay"), help="Weight decay (adamw: decoupled, on matrices only; sgd, ntasgd: L2 on every weight) (0 for vocabularies over 1000 tokens).")] = TRAIN_DEFAULTS["weight_decay"],
+    clip: Annotated[float, typer.Option(**bounds("clip"), help="Clip the gradient norm to this (0: off) (0.25 for vocabularies over 1000 tokens).")] = TRAIN_DEFAULTS["clip"],
+    schedule: Annotated[Literal[SCHEDULES], typer.Option(help="Learning rate after warm-up: cosine decay to a tenth by the end of --epochs or --max-time, constant, plateau (halved after every validation that is not the best), or step (times --lr-decay each epoch after --decay-start).")] = TRAIN_DEFAULTS["schedule"],
+    lr_decay: Annotated[float, typer.Option(**bounds("lr_decay"), help="step schedule: the factor applied to the learning rate at each epoch after --decay-start.")] = TRAIN_DEFAULTS["lr_decay"],
+    decay_start: Annotated[int, typer.Option(**bounds("decay_start"), help="step schedule: epochs at the full learning rate.")] = TRAIN_DEFAULTS["decay_start"],
+    nonmono: Annotated[int, typer.Option(**bounds("nonmono"), help="ntasgd: start averaging when a validation loss is worse than the best one from before the last N validations.")] = TRAIN_DEFAULTS["nonmono"],
+    warmup_steps: Annotated[int, typer.Option(**bounds("warmup_steps"), help="Steps of linear learning-rate warm-up.")] = TRAIN_DEFAULTS["warmup_steps"],
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run whose model directory this is, from its checkpoint, with its saved settings; only the options that set how long and how often (--epochs, --max-time, --patience, --eval-*, --checkpoint-*) and --device may be given anew.", show_default=False)] = None,
-    precision: Annotated[Literal["auto", "fp32", "bf16", "fp16"], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = TrainConfig.precision,
+    precision: Annotated[Literal[PRECISIONS], typer.Option(help="auto: bf16 autocast on CPUs with fast bf16 and on CUDA, else fp32. Weights stay fp32.")] = TRAIN_DEFAULTS["precision"],
     device: DeviceOption = "auto",
-    random_seed: Annotated[int, typer.Option(min=0, max=MAX_RANDOM_SEED, help="Seed for weights, dropout and batching.")] = TrainConfig.random_seed,
-    reverse: Annotated[bool, typer.Option("--reverse", help="Train a backward model: every line's tokens in reverse order, its end of line still last; score, perplexity and rescore reverse their input for it, sample writes the text before --seed.")] = False,
-    tokenizer: TokenizerOption = None,
-    vocab_size: VocabSizeOption = None,
-    min_count: MinCountOption = 1,
-    subword_alpha: SubwordAlphaOption = 0.0,
-    subword_samples: SubwordSamplesOption = 4,
-    valid: ValidOption = None,
-    test: TestOption = None,
-    valid_fraction: ValidFractionOption = 0.05,
-    test_fraction: TestFractionOption = 0.0,
-    encoding_errors: EncodingErrorsOption = "strict",
-    mirror: MirrorOption = None,
+    random_seed: Annotated[int, typer.Option(**bounds("random_seed"), help="Seed for weights, dropout and batching.")] = TRAIN_DEFAULTS["random_seed"],
+    reverse: Annotated[bool, typer.Option("--reverse", help="Train a backward model: every line's tokens in reverse order, its end of line still last; score, perplexity and rescore reverse their input for it, sample writes the text before --seed.")] = TRAIN_DEFAULTS["reverse"],
 ) -> None:
     """Train a model on raw text (prepared on the way and cached) or on a prepared directory.
 
-    Teacher forcing over stateful truncated back-propagation batches; the weights with the lowest
-    validation loss are kept. The model directory (config.json, model.safetensors, tokenizer.json,
-    metrics.jsonl with losses in nats per token and peak memory in MiB), once it holds a model, becomes the latest one for sample,
-    score, perplexity and rescore: its project's (models/latest, when it lies in a models/ folder) and the user's.
-    Regularisation: dropout on the embeddings, between layers and on the outputs (by default chosen
-    from the corpus; locked on request); embedding dropout, weight dropout, AR and TAR (off unless
-    asked for or set by a preset).
+    Teacher forcing over stateful truncated back-propagation batches; the weights with the lowest validation loss are
+    kept. The model directory (config.json, model.safetensors, tokenizer.json, metrics.jsonl with losses in nats per
+    token and peak memory in MiB), once it holds a model, becomes the latest one for sample, score, perplexity and
+    rescore: its project's (models/latest, when it lies in a models/ folder) and the user's. Regularisation: dropout on
+    the embeddings, between layers and on the outputs (by default chosen from the corpus; locked on request); embedding
+    dropout, weight dropout, AR and TAR (off unless asked for or set by a preset).
     """
-    from rnnlm.corpora import resolve_sources
-    from rnnlm.preparation import open_corpus
     from rnnlm.display import PrepareDisplay, TrainingDisplay
-    from rnnlm.durations import parse_duration
-    from rnnlm.model_files import MODEL_DIRECTORY, default_output_dir
-    from rnnlm.outputs import claimed
+    from rnnlm.workflows import train as train_model
 
-    given = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
-    settings = dict(ctx.params)
-    chosen_settings = set(given)  # what the user or a preset set, which no corpus-based default replaces
-    if preset is not None:
-        if resume is not None:
-            raise UserError("--resume continues with the saved settings; --preset cannot be given with it")
-        chosen = preset_named(preset)
-        preset_settings = {**chosen.model, **chosen.training}
-        settings |= {name: value for name, value in preset_settings.items() if name not in given}
-        chosen_settings |= set(preset_settings)
-        typer.echo(f"preset {chosen.name}: {chosen.source}; published: {chosen.published}", err=True)
-    check_cell_options(settings["cell"], settings)
-    max_time, epochs = settings["max_time"], settings["epochs"]
-    if isinstance(max_time, str):
-        max_time = parse_duration(max_time)
-    timing = dict(epochs=epochs, max_time=max_time if max_time is not None or epochs else 300.0,
-                  patience=settings["patience"] or None, eval_every=eval_every,
-                  eval_interval=parse_duration(eval_interval, "--eval-interval") if eval_interval is not None else None,
-                  checkpoint_interval=parse_duration(checkpoint_interval, "--checkpoint-interval"),
-                  checkpoint_every=checkpoint_every, device=device)
-    if resume is not None:
-        fixed = sorted(given - set(timing) - {"resume"})
-        if fixed:
-            raise UserError(f"--resume continues with the saved settings; {', '.join(name_of(n) for n in fixed)} cannot change")
-        changes = {name: value for name, value in timing.items() if name in given}
-        if "epochs" in given and "max_time" not in given:
-            changes["max_time"] = None  # as for a new run: --epochs alone sets no time budget
-        with claimed(resume, MODEL_DIRECTORY) as directory:
-            from rnnlm.training import close_process_group
-            from rnnlm.training import train as train_model
-
-            corpus_data, model_config, config = resumed_settings(directory, changes)
-            train_model(corpus_data, directory, model_config, config, TrainingDisplay(), resume=True)
-            close_process_group()
-        return
-    if not corpus:
-        raise typer.BadParameter("give a corpus to train on, or --resume MODEL_DIR", param_hint="'CORPUS...'")
-    options = _prepare_options(corpus, tokenizer, vocab_size, min_count, subword_alpha, subword_samples, valid, test,
-                               valid_fraction, test_fraction, encoding_errors)
-    training_config(settings, timing).validate()  # before the corpus is read: corpus-based defaults are valid too
-    with claimed(output or default_output_dir(corpus, settings["cell"]), MODEL_DIRECTORY) as directory:
-        corpus_data = open_corpus(*resolve_sources(corpus, options, mirror), PrepareDisplay())
-        _train_new(corpus_data, directory, settings, chosen_settings, timing)
+    if preset is not None and resume is None:  # with --resume, refused by the library
+        typer.echo(preset_line(preset_named(preset)), err=True)
+    train_model(corpus or None, output, preset=preset, resume=resume, reporter=TrainingDisplay(),
+                prepare_reporter=PrepareDisplay(), **given_options(ctx, ("corpus", "output", "preset", "resume")))
 
 
-def _train_new(corpus_data: Any, output: Path, settings: dict[str, Any], chosen_settings: set[str],
-               timing: dict[str, Any]) -> None:
-    """Train a new model with the corpus-based defaults where the user and the preset left a choice."""
-    from rnnlm.display import TrainingDisplay
-    from rnnlm.training import MODEL_SETTINGS, close_process_group, default_model_config, default_training
-    from rnnlm.training import train as train_model
-
-    settings |= {name: value for name, value in default_training(corpus_data).items() if name not in chosen_settings}
-    cell_settings = {name: settings[name] for name in CELL_OPTIONS if settings.get(name) is not None}
-    if "attention_memory" in cell_named(settings["cell"]).options and settings["attention_memory"] is None:
-        cell_settings["attention_memory"] = settings["bptt"]  # the window before, as SRU++ trains
-    model_config = default_model_config(corpus_data, timing["max_time"], **cell_settings, **{
-        MODEL_SETTINGS.get(name, name): settings[name] for name in (
-            "cell", "layers", "embedding_size", "hidden_size", "dropout", "input_dropout", "layer_dropout",
-            "embedding_dropout", "weight_dropout", "locked_dropout", "ar", "tar", "init_range", "softmax_head", "tie",
-            "reverse")})
-    train_model(corpus_data, output, model_config, training_config(settings, timing), TrainingDisplay())
-    close_process_group()
-
-
-def training_config(settings: dict[str, Any], timing: dict[str, Any]) -> TrainConfig:
-    return TrainConfig(**{name: settings[name] for name in (
-        "bptt", "variable_bptt", "batch_size", "optimizer", "lr", "weight_decay", "clip", "schedule", "lr_decay", "decay_start",
-        "nonmono", "warmup_steps", "precision", "random_seed")}, **timing)
+def preset_line(preset: Preset) -> str:
+    return f"preset {preset.name}: {preset.source}; published: {preset.published}"
 
 
 def option_text(name: str, value: object) -> str:
@@ -337,12 +277,6 @@ def option_text(name: str, value: object) -> str:
     if isinstance(value, bool):
         return f"--{option}" if value else f"--no-{option}"
     return f"--{option} {value:g}" if isinstance(value, float) else f"--{option} {value}"
-
-
-def preset_named(name: str) -> Preset:
-    if name not in PRESETS:
-        raise UserError(f"{name!r} is not a preset; choose one of {PRESET_NAMES}")
-    return PRESETS[name]
 
 
 @app.command()
@@ -361,30 +295,6 @@ def presets(
         settings = " ".join(option_text(key, value) for key, value in {**preset.model, **preset.training}.items())
         typer.echo(("\n" if index else "") + f"{preset.name}\n  source: {preset.source}\n  published: {preset.published}\n"
                    f"  settings: {settings}" + (f"\n  note: {preset.notes}" if preset.notes else ""))
-
-
-def name_of(parameter: str) -> str:
-    return "the corpus" if parameter == "corpus" else "--" + parameter.replace("_", "-")
-
-
-def resumed_settings(directory: Path, changes: dict[str, Any]) -> tuple[Any, Any, TrainConfig]:
-    """The corpus, model shape and training settings saved in a model directory, with `changes` applied."""
-    from dataclasses import fields
-
-    from rnnlm.checkpoint import CONFIG, model_config_from, read_model_config
-    from rnnlm.prepared_corpus import load_prepared
-
-    saved = read_model_config(directory)
-    try:
-        known = {f.name for f in fields(TrainConfig)}
-        config = TrainConfig(**{k: v for k, v in saved["training"].items() if k in known} | changes)
-        corpus_directory = Path(saved["corpus"]["directory"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{directory / CONFIG}: the training settings are not valid ({error})") from None
-    if not corpus_directory.is_dir():
-        raise UserError(f"{directory / CONFIG}: the prepared corpus the model was trained on, {corpus_directory}, "
-                        "is missing; resuming needs it")
-    return load_prepared(corpus_directory), model_config_from(saved, directory), config
 
 
 def load_chosen(model: Optional[Path], device: str, quiet: bool) -> Any:
@@ -412,12 +322,11 @@ def load_models(models: Optional[list[Path]], weights: Optional[str], device: st
     return Combination([load_chosen(directory, device, quiet) for directory in chosen], checked)
 
 
-@app.command()
-@ends_quietly_on_closed_pipe
+@piped_command
 def sample(
     model: ModelOption = None,
     seed: Annotated[str, typer.Option(help="Prompt text the sample continues (any UTF-8; empty: start of a line).")] = "",
-    strategy: Annotated[Literal["greedy", "sample", "beam"], typer.Option(help="greedy: the most likely token each step; sample: draw from the distribution; beam: beam search for the most likely continuations.")] = SamplingConfig.strategy,
+    strategy: Annotated[Literal[STRATEGIES], typer.Option(help="greedy: the most likely token each step; sample: draw from the distribution; beam: beam search for the most likely continuations.")] = SamplingConfig.strategy,
     temperature: Annotated[float, typer.Option(min=0.0, help="sample: divide the logits by this before drawing; 0 is greedy.")] = SamplingConfig.temperature,
     top_k: Annotated[int, typer.Option(min=0, help="sample: draw only among the k most likely tokens (0: all).")] = SamplingConfig.top_k,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="sample: draw only from the smallest set of most likely tokens whose probability reaches p (1: all).")] = SamplingConfig.top_p,
@@ -427,7 +336,7 @@ def sample(
     num_samples: Annotated[int, typer.Option(min=1, max=MAX_BATCH_ROWS, help="Samples, generated together as one batch; with beam, the N best hypotheses (N at most --beam-size).")] = SamplingConfig.num_samples,
     stop: Annotated[Optional[list[str]], typer.Option(help="End a sample once its generated text contains this string, which is kept in the output (repeatable).")] = None,
     until_eol: Annotated[bool, typer.Option("--until-eol", help="End a sample at its first end of line, which is kept in the output.")] = False,
-    output_format: Annotated[Literal["text", "jsonl"], typer.Option("--format", help="text: the seed and its continuation; jsonl: one object per sample with seed, text (the continuation), logprob, score, tokens, stopped and the settings.")] = "text",
+    output_format: Annotated[Literal[SAMPLE_FORMATS], typer.Option("--format", help="text: the seed and its continuation; jsonl: one object per sample with seed, text (the continuation), logprob, score, tokens, stopped and the settings.")] = "text",
     random_seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_RANDOM_SEED, help="Seed for reproducible samples (default: fresh randomness, recorded in --format jsonl).")] = None,
     device: DeviceOption = "auto",
     quiet: QuietOption = False,
@@ -441,8 +350,6 @@ def sample(
     whatever the temperature or cut-offs. A backward model (train --reverse) writes the text
     before --seed instead, back to the start of its line at most, then the seed; --stop is refused.
     """
-    from dataclasses import asdict
-
     from rnnlm.config import fresh_random_seed
     from rnnlm.generate import generate, unseen_text
 
@@ -460,37 +367,49 @@ def sample(
     if unseen:
         typer.echo(f"rnnlm: warning: the model has not seen {unseen!r} in training; "
                    "the seed uses the unknown token for them", err=True)
-    out = sys.stdout
-    if output_format == "jsonl":
-        for result in generate(loaded.model, loaded.tokenizer, seed, config):
-            record = {"seed": seed, "text": result.text, "logprob": result.logprob, "score": result.score,
-                      "tokens": len(result.tokens), "stopped": result.stopped, **asdict(config)}
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return
-
-    def write_now(text: str) -> None:
-        out.write(text)
-        out.flush()
-
     backward = loaded.model.config.reverse  # writes the text before the seed
-    streams = num_samples == 1 and strategy != "beam" and not backward
+    streams = output_format == "text" and num_samples == 1 and strategy != "beam" and not backward
     if streams:
         write_now(seed)
-    for index, result in enumerate(generate(loaded.model, loaded.tokenizer, seed, config,
-                                            on_text=write_now if streams else None)):
+    results = generate(loaded.model, loaded.tokenizer, seed, config, on_text=write_now if streams else None)
+    if output_format == "jsonl":
+        write_sample_records(results, seed, config)
+    else:
+        write_samples(results, seed, backward, streams)
+
+
+def write_now(text: str) -> None:
+    """Text as it is generated: flushed, so that a reader sees it at once."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def write_sample_records(results: Any, seed: str, config: SamplingConfig) -> None:
+    """sample --format jsonl: one object per sample, with the settings that reproduce it."""
+    from dataclasses import asdict
+
+    for result in results:
+        record = {"seed": seed, "text": result.text, "logprob": result.logprob, "score": result.score,
+                  "tokens": len(result.tokens), "stopped": result.stopped, **asdict(config)}
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_samples(results: Any, seed: str, backward: bool, streamed: bool) -> None:
+    """sample --format text: each sample with its seed (before it, or after it for a backward
+    model), an empty line between samples; a streamed sample has been written already but its end."""
+    for index, result in enumerate(results):
         text = result.text + seed if backward else seed + result.text
-        separator = "\n" if index else ""  # an empty line between samples
-        out.write(separator + ("" if streams else text) + ("" if text.endswith("\n") else "\n"))
+        separator = "\n" if index else ""
+        sys.stdout.write(separator + ("" if streamed else text) + ("" if text.endswith("\n") else "\n"))
 
 
-@app.command()
-@ends_quietly_on_closed_pipe
+@piped_command
 def score(
     file: Annotated[str, typer.Argument(help="Text to score, one item per line; - for standard input.")] = "-",
     model: ModelsOption = None,
     weights: WeightsOption = None,
-    output_format: Annotated[Literal["tsv", "value", "jsonl", "kenlm"], typer.Option("--format", help="tsv: LOGPROB<TAB>LINE; value: the number alone (for paste); jsonl: one object per line (text, logprob, tokens, words, chars, oov); kenlm: 'Total: LOG10PROB OOV: N' lines and KenLM query's closing perplexity summary.")] = "tsv",
-    log_base: Annotated[Literal["e", "2", "10"], typer.Option(help="Base of the logarithms printed (the kenlm format is always base 10).")] = "e",
+    output_format: Annotated[Literal[SCORE_FORMATS], typer.Option("--format", help="tsv: LOGPROB<TAB>LINE; value: the number alone (for paste); jsonl: one object per line (text, logprob, tokens, words, chars, oov); kenlm: 'Total: LOG10PROB OOV: N' lines and KenLM query's closing perplexity summary.")] = "tsv",
+    log_base: Annotated[Literal[LOG_BASES], typer.Option(help="Base of the logarithms printed (the kenlm format is always base 10).")] = "e",
     per_token: Annotated[bool, typer.Option("--per-token", help="Add each token's log-probability: jsonl keys token_logprobs and pieces; tab-indented PIECE<TAB>LOGPROB rows under each tsv/value line; KenLM's PIECE=ID 0 LOG10PROB fields.")] = False,
     utt_id: Annotated[bool, typer.Option("--utt-id", help="The first whitespace-separated field of each line is an identifier: printed first (jsonl: key id), never scored.")] = False,
     summary: Annotated[bool, typer.Option("--summary", help="Print corpus totals on stderr: total log-probability, tokens, OOV, perplexity per token and word, bits per character, speed.")] = False,
@@ -536,8 +455,7 @@ def score(
         typer.echo(summary_line(totals, log_base, time.perf_counter() - started), err=True)
 
 
-@app.command()
-@ends_quietly_on_closed_pipe
+@piped_command
 def perplexity(
     file: Annotated[str, typer.Argument(help="Text file to measure; - for standard input.", show_default=False)],
     model: ModelsOption = None,
@@ -586,8 +504,7 @@ def perplexity(
         Console().print(perplexity_table(report, name))
 
 
-@app.command()
-@ends_quietly_on_closed_pipe
+@piped_command
 def rescore(
     nbest: Annotated[str, typer.Argument(help="N-best list: utt-id<TAB>first-pass-score<TAB>hypothesis per line, the hypotheses of an utterance on consecutive lines; - for standard input.")] = "-",
     model: ModelsOption = None,
@@ -595,7 +512,7 @@ def rescore(
     lm_weight: Annotated[float, typer.Option(help="Weight of the LM log-probability (nats) in the new score.")] = 1.0,
     word_penalty: Annotated[float, typer.Option(help="Added to the new score once per whitespace word of the hypothesis.")] = 0.0,
     every_hypothesis: Annotated[bool, typer.Option("--all", help="Print every hypothesis in input order: utt-id, first-pass score, LM log-prob, new score, new rank, hypothesis.")] = False,
-    input_format: Annotated[Literal["tsv", "kaldi"], typer.Option("--format", help="tsv: utt-id<TAB>first-pass-score<TAB>hypothesis; kaldi: Kaldi's n-best text, utt-id-N then the words, with --costs.")] = "tsv",
+    input_format: Annotated[Literal[NBEST_FORMATS], typer.Option("--format", help="tsv: utt-id<TAB>first-pass-score<TAB>hypothesis; kaldi: Kaldi's n-best text, utt-id-N then the words, with --costs.")] = "tsv",
     costs: Annotated[Optional[str], typer.Option(help="With --format kaldi: the costs file, 'utt-id-N COST' on the line of each hypothesis (lower is better; first-pass score = -COST).", show_default=False)] = None,
     tune: Annotated[Optional[Path], typer.Option(help="References, utt-id<TAB>reference text: choose --lm-weight and --word-penalty on a grid to minimise the word error rate, print a table of WER and sentence error rate on stderr, then rescore with the chosen values (holds every n-best list in memory).", show_default=False)] = None,
     device: DeviceOption = "auto",
@@ -653,8 +570,7 @@ def _tuned(rescored: Any, references: Path, encoding_errors: str) -> Any:
     return ranked
 
 
-@app.command()
-@ends_quietly_on_closed_pipe
+@piped_command
 def models(
     directory: Annotated[Optional[Path], typer.Argument(help="A project directory (the one holding models/) or a folder of model directories (default: the current project's: where the nearest models/latest is, else ./models).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array, an object per model directory: path, valid, problem, being_trained, writer_pid, corpus, tokenizer, cell, layers, hidden_size, parameters, val_nats_per_token, val_word_ppl, val_bpc, natural_units, training_s, trained_at, roles, default, default_reason.")] = False,
@@ -731,10 +647,8 @@ def main() -> None:
     try:
         code = command.main(args=sys.argv[1:], prog_name="rnnlm", standalone_mode=False)
         sys.stdout.flush()
-    except InvalidOption as error:
-        _fail(str(error), 2)
     except UserError as error:
-        _fail(str(error), 1)
+        _fail(command_line_text(error), 2 if isinstance(error, InvalidOption) else 1)
     except usage_error as error:
         if not error.format_message():  # type: ignore[attr-defined]
             sys.exit(2)  # no arguments at all: the help was shown
@@ -751,6 +665,24 @@ def main() -> None:
         where = f": {error.filename}" if error.filename else ""
         _fail(f"{error.strerror or error}{where}", 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+POSITIONAL = ("corpus",)  # arguments that are positional on the command line
+
+
+def option_name(argument: str) -> str:
+    """The command line's name for a library argument: batch_size is --batch-size, corpus CORPUS."""
+    return argument.upper() if argument in POSITIONAL else "--" + argument.replace("_", "-")
+
+
+def command_line_text(error: UserError) -> str:
+    """A library error as the command line says it: the arguments it names (the one at fault, and
+    any in backquotes) written as options, "--batch-size must be at least 1"."""
+    message = str(error)
+    if isinstance(error, InvalidOption) and error.argument:
+        name = option_name(error.argument)
+        message = f"{name}: {error.problem}" if error.argument in POSITIONAL else f"{name} {error.problem}"
+    return re.sub(r"`([a-z][a-z_]*)`", lambda match: option_name(match.group(1)), message)
 
 
 def _fail(message: str, code: int) -> None:

@@ -15,13 +15,14 @@ from rnnlm.errors import InvalidOption
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "ntasgd")
 SCHEDULES = ("cosine", "constant", "plateau", "step")
-COMPUTE_DEVICES = ("cpu", "cuda", "mps")
+COMPUTE_DEVICES = ("cpu", "cuda", "mps")  # each optionally with :N; or "auto"
+STRATEGIES = ("greedy", "sample", "beam")
 
 
 def check_device_name(name: str) -> None:
-    """Refuse a `--device` that names no device rnnlm computes on, whatever this machine has."""
+    """Refuse a `device` that names no device rnnlm computes on, whatever this machine has."""
     if name != "auto" and not re.fullmatch(rf"({'|'.join(COMPUTE_DEVICES)})(:\d+)?", name):
-        raise InvalidOption(f"--device {name!r} is not a device rnnlm computes on; use auto, cpu, cuda or cuda:N")
+        raise InvalidOption("device", f"{name!r} is not a device rnnlm computes on; use auto, cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -52,74 +53,27 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.bptt >= 1, "--bptt must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.clip >= 0, "--clip must be 0 (off) or positive"),
-            (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
-            (self.max_time is None or self.max_time > 0, "--max-time must be positive"),
-            (self.eval_every is None or self.eval_every >= 1, "--eval-every must be at least 1"),
-            (self.checkpoint_every is None or self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (0 < self.lr_decay <= 1, "--lr-decay must be above 0 and at most 1"),
-            (self.decay_start >= 0, "--decay-start must be 0 or more"),
-            (self.nonmono >= 1, "--nonmono must be at least 1"),
+            (self.bptt >= 1, "bptt", "must be at least 1"),
+            (self.batch_size >= 1, "batch_size", "must be at least 1"),
+            (self.lr > 0, "lr", "must be positive"),
+            (self.clip >= 0, "clip", "must be 0 (off) or positive"),
+            (self.epochs is None or self.epochs >= 1, "epochs", "must be at least 1"),
+            (self.max_time is None or self.max_time > 0, "max_time", "must be positive"),
+            (self.eval_interval is None or self.eval_interval > 0, "eval_interval", "must be positive"),
+            (self.eval_every is None or self.eval_every >= 1, "eval_every", "must be at least 1"),
+            (self.checkpoint_interval > 0, "checkpoint_interval", "must be positive"),
+            (self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1"),
+            (self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}"),
+            (self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}"),
+            (0 < self.lr_decay <= 1, "lr_decay", "must be above 0 and at most 1"),
+            (self.decay_start >= 0, "decay_start", "must be 0 or more"),
+            (self.nonmono >= 1, "nonmono", "must be at least 1"),
         ]
-        for ok, message in checks:
+        for ok, argument, problem in checks:
             if not ok:
-                raise InvalidOption(message)
+                raise InvalidOption(argument, problem)
         check_device_name(self.device)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A published configuration: model and training settings that a user's own options override."""
-
-    name: str
-    source: str
-    published: str
-    model: dict[str, object]  # keyed by `rnnlm train` option names
-    training: dict[str, object]
-    notes: str = ""
-
-
-def _zaremba(name: str, size: int, dropout: float, init: float, clip: float, epochs: int, decay_start: int,
-             lr_decay: float, published: str) -> Preset:
-    return Preset(
-        name=name, source="Zaremba, Sutskever and Vinyals (2014), Recurrent Neural Network Regularization, table 1",
-        published=published,
-        model=dict(cell="lstm", layers=2, embedding_size=size, hidden_size=size, dropout=dropout, tie=False,
-                   init_range=init),
-        training=dict(optimizer="sgd", lr=1.0, weight_decay=0.0, clip=clip, schedule="step", warmup_steps=0,
-                      decay_start=decay_start, lr_decay=lr_decay, batch_size=20, bptt=35 if dropout else 20,
-                      epochs=epochs, patience=0),
-        notes="word-level PTB (rnnlm train ptb); the schedule is by epoch, so give no --max-time.",
-    )
-
-
-PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
-    _zaremba("zaremba-small", 200, 0.0, 0.1, 5.0, 13, 4, 0.5, "PTB test perplexity 114.5 (valid 120.7)"),
-    _zaremba("zaremba-medium", 650, 0.5, 0.05, 5.0, 39, 6, 1 / 1.2, "PTB test perplexity 82.7 (valid 86.2)"),
-    _zaremba("zaremba-large", 1500, 0.65, 0.04, 10.0, 55, 14, 1 / 1.15, "PTB test perplexity 78.4 (valid 82.2)"),
-    Preset(
-        name="awd-lstm",
-        source="Merity, Keskar and Socher (2017), Regularizing and Optimizing LSTM Language Models, "
-               "and their PTB command (github.com/salesforce/awd-lstm-lm)",
-        published="PTB test perplexity 58.8 before fine-tuning (valid 60.7)",
-        model=dict(cell="lstm", layers=3, embedding_size=400, hidden_size=1150, tie=True, dropout=0.4,
-                   input_dropout=0.4, layer_dropout=0.25, embedding_dropout=0.1, weight_dropout=0.5,
-                   locked_dropout=True, ar=2.0, tar=1.0),
-        training=dict(optimizer="ntasgd", lr=30.0, weight_decay=1.2e-6, clip=0.25, schedule="constant",
-                      warmup_steps=0, batch_size=20, bptt=70, variable_bptt=True, epochs=500, patience=0, nonmono=5),
-        notes="without the paper's fine-tuning stage; the top layer is 1150 wide and projected to 400 for the "
-              "tied decoder, where AWD-LSTM makes its last layer 400 wide.",
-    ),
-)}
-
-
-STRATEGIES = ("greedy", "sample", "beam")
 
 
 def fresh_random_seed() -> int:
@@ -148,22 +102,22 @@ class SamplingConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.temperature >= 0 and math.isfinite(self.temperature),
-             f"--temperature must be 0 or more and finite, got {self.temperature}"),
-            (self.top_k >= 0, f"--top-k must be 0 (off) or more, got {self.top_k}"),
-            (0 < self.top_p <= 1, f"--top-p must be above 0 and at most 1, got {self.top_p}"),
-            (self.length >= 0, f"--length must be 0 or more, got {self.length}"),
-            (self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}"),
-            (self.beam_size >= 1, f"--beam-size must be at least 1, got {self.beam_size}"),
-            (self.strategy != "beam" or self.num_samples <= self.beam_size,
-             f"--num-samples ({self.num_samples}) must be at most --beam-size ({self.beam_size}) for beam search"),
-            (math.isfinite(self.length_penalty), f"--length-penalty must be a finite number, got {self.length_penalty}"),
-            (all(self.stop), "--stop must not be empty"),
+            (self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}"),
+            (self.temperature >= 0 and math.isfinite(self.temperature), "temperature",
+             f"must be 0 or more and finite, got {self.temperature}"),
+            (self.top_k >= 0, "top_k", f"must be 0 (off) or more, got {self.top_k}"),
+            (0 < self.top_p <= 1, "top_p", f"must be above 0 and at most 1, got {self.top_p}"),
+            (self.length >= 0, "length", f"must be 0 or more, got {self.length}"),
+            (self.num_samples >= 1, "num_samples", f"must be at least 1, got {self.num_samples}"),
+            (self.beam_size >= 1, "beam_size", f"must be at least 1, got {self.beam_size}"),
+            (self.strategy != "beam" or self.num_samples <= self.beam_size, "num_samples",
+             f"({self.num_samples}) must be at most `beam_size` ({self.beam_size}) for beam search"),
+            (math.isfinite(self.length_penalty), "length_penalty", f"must be a finite number, got {self.length_penalty}"),
+            (all(self.stop), "stop", "must not be empty"),
         ]
-        for ok, message in checks:
+        for ok, argument, problem in checks:
             if not ok:
-                raise InvalidOption(message)
+                raise InvalidOption(argument, problem)
 
 
 @dataclass
@@ -177,5 +131,8 @@ class DynamicEvaluation:
     segment: int = 50
 
     def validate(self) -> None:
-        if not (self.lr > 0 and 0 <= self.decay < 1 and self.segment >= 1):
-            raise InvalidOption("--dynamic-lr must be positive, --dynamic-decay in [0, 1), --dynamic-segment at least 1")
+        for ok, argument, problem in ((self.lr > 0, "dynamic_lr", "must be positive"),
+                                      (0 <= self.decay < 1, "dynamic_decay", "must be in [0, 1)"),
+                                      (self.segment >= 1, "dynamic_segment", "must be at least 1")):
+            if not ok:
+                raise InvalidOption(argument, f"{problem}, got {getattr(self, argument.removeprefix('dynamic_'))}")

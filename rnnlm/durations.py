@@ -10,18 +10,18 @@ UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 
 
-def parse_duration(text: str, option: str = "--max-time") -> float:
-    """Seconds in `text`; raises InvalidOption, naming `option`, for anything not a positive duration."""
+def parse_duration(text: str, argument: str = "max_time") -> float:
+    """Seconds in `text`; raises InvalidOption, naming `argument`, for anything not a positive duration."""
     cleaned = text.strip().lower().replace(" ", "")
     try:
         seconds = float(cleaned)
     except ValueError:
         parts = _PART.findall(cleaned)
         if not parts or "".join(number + unit for number, unit in parts) != cleaned:
-            raise InvalidOption(f"{option} {text!r} is not a duration; write e.g. 90s, 5m, 1h30m") from None
+            raise InvalidOption(argument, f"{text!r} is not a duration; write e.g. 90s, 5m, 1h30m") from None
         seconds = sum(float(number) * UNIT_SECONDS[unit] for number, unit in parts)
     if not seconds > 0 or seconds == float("inf"):
-        raise InvalidOption(f"{option} must be a positive duration, got {text!r}")
+        raise InvalidOption(argument, f"must be a positive duration, got {text!r}")
     return seconds
 
 

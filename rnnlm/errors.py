@@ -20,5 +20,17 @@ class DirectoryBusy(UserError):
 
 
 class InvalidOption(UserError):
-    """An option value out of its range, or options that do not go together: decided from the
-    command line alone, before anything is read, so the command line exits 2 (bad usage)."""
+    """An argument value out of its range, or arguments that do not go together: decided from the
+    arguments alone, before anything is read, so the command line exits 2 (bad usage).
+
+    `argument` is the library's name for it (batch_size), which the command line shows as its
+    option (--batch-size); None where no single argument is at fault. The problem may name other
+    arguments in backquotes (`beam_size`), shown the same way. str() reads "batch_size: must be ...".
+    """
+
+    def __init__(self, argument: str | None, problem: str | None = None) -> None:
+        if problem is None:  # one text: a problem of several arguments together
+            argument, problem = None, argument or ""
+        super().__init__(f"{argument}: {problem}" if argument else problem)
+        self.argument = argument
+        self.problem = problem

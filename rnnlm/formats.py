@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from rnnlm.choices import LOG_BASES as LOG_BASE_NAMES
 from rnnlm.scoring import LineScore, Perplexity
 from rnnlm.tokenizers import Tokenizer
 
-FORMATS = ("tsv", "value", "jsonl", "kenlm")
-LOG_BASES = {"e": 1.0, "2": math.log(2), "10": math.log(10)}
+LOG_BASES = {name: 1.0 if name == "e" else math.log(int(name)) for name in LOG_BASE_NAMES}  # the divisor of a natural log
 
 
 @dataclass

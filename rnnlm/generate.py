@@ -185,8 +185,8 @@ def _generate_backward(model: RNNLanguageModel, tokenizer: Tokenizer, seed_text:
     written forward, have no meaning here; nothing can be shown before the sample is complete.
     """
     if config.stop:
-        raise InvalidOption("--stop: a backward model writes right to left, back to the start of the line; "
-                            "stop strings are not matched for it")
+        raise InvalidOption("stop", "a backward model writes right to left, back to the start of the line; "
+                                    "stop strings are not matched for it")
     config = replace(config, until_eol=True)
     logits, state, last_token = prime(model, tokenizer, seed_text)
     continuations = Continuations(tokenizer, config.stop_strings, stream=False, context_token=last_token)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rnnlm.choices import TOKENIZERS
 from rnnlm.errors import UserError
 
 EOL = "<eol>"
@@ -411,9 +412,8 @@ class UnigramTokenizer(SentencePieceTokenizer):
     model_type = "unigram"
 
 
-TOKENIZER_KINDS: dict[str, Any] = {
-    "char": CharTokenizer, "word": WordTokenizer, "bpe": BpeTokenizer, "unigram": UnigramTokenizer,
-}
+TOKENIZER_KINDS: dict[str, Any] = {kind.kind: kind for kind in (CharTokenizer, WordTokenizer, BpeTokenizer, UnigramTokenizer)}
+assert tuple(TOKENIZER_KINDS) == TOKENIZERS, "rnnlm.choices.TOKENIZERS names these tokenizers, in this order"
 SUBWORD_KINDS = ("bpe", "unigram")
 
 

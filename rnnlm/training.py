@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ContextManager, NamedTuple, Protocol
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -799,75 +798,3 @@ def checked_tensors(saved: checkpoint.Checkpoint, model: RNNLanguageModel, batch
     if any(carried) and not all(carried):
         raise saved.fault(checkpoint.CHECKPOINT_TENSORS, "holds only part of the carried recurrent state")
     return saved.tensors
-
-
-MODEL_SETTINGS = {"ar": "activation_penalty", "tar": "temporal_penalty"}  # `rnnlm train` options named otherwise in ModelConfig
-
-
-def default_model_config(corpus: PreparedCorpus, max_time: float | None = None, *, embedding_size: int | None = None,
-                         hidden_size: int | None = None, dropout: float | None = None, tie: bool | None = None,
-                         softmax_head: int | None = None, **settings: Any) -> ModelConfig:
-    """A model sized to the corpus where the user left a choice open.
-
-    Small corpora get a smaller, more strongly regularised network; character vocabularies
-    gain nothing from tying, word-sized ones do, and large vocabularies get a clustered softmax.
-    """
-    train_tokens = len(corpus.splits["train"])
-    vocab_size = corpus.tokenizer.vocab_size
-    size, default_dropout = default_size(train_tokens, max_time, word_sized=vocab_size > 1000)
-    hidden = hidden_size or size
-    tied = tie if tie is not None else vocab_size > 1000
-    embedding = embedding_size or (hidden if tied or vocab_size > 1000 else min(hidden, 128))
-    if softmax_head is None:
-        softmax_head = clustered_softmax_head(corpus.splits["train"], vocab_size, embedding if tied else hidden)
-    try:
-        return ModelConfig(vocab_size=vocab_size, embedding_size=embedding, hidden_size=hidden,
-                           dropout=default_dropout if dropout is None else dropout, tie=tied,
-                           softmax_head=softmax_head or None, **settings)
-    except ValueError as error:  # a setting that does not fit this corpus, such as a head as large as its vocabulary
-        raise UserError(str(error)) from None
-
-
-LONG_BUDGET = 600.0  # seconds of training from which a mid-sized corpus gets the larger model
-
-
-def default_size(train_tokens: int, max_time: float | None, word_sized: bool) -> tuple[int, float]:
-    """Hidden size and dropout for a corpus and a budget (None: no time limit).
-
-    Below 500,000 tokens a small, strongly regularised model; up to 5,000,000 the larger model
-    only when the budget gives it time to learn (10 minutes or more); word models overfit
-    sooner than character models and keep more dropout.
-    """
-    if train_tokens < 500_000:
-        return 256, 0.3
-    if train_tokens < 5_000_000:
-        if max_time is None or max_time >= LONG_BUDGET:
-            return 512, 0.4 if word_sized else 0.2
-        return 256, 0.3 if word_sized else 0.1
-    return 512, 0.2 if word_sized else 0.1
-
-
-WORD_TRAINING = dict(optimizer="sgd", lr=20.0, clip=0.25, weight_decay=0.0, batch_size=20, bptt=35)
-
-
-def default_training(corpus: PreparedCorpus) -> dict[str, Any]:
-    """Training settings that differ from TrainConfig's for this corpus: word-sized vocabularies
-    (tied models) learn fastest with the classic recipe of plain SGD at rate 20, clipping at 0.25,
-    20 streams of 35 tokens (Zaremba et al.; pytorch/examples)."""
-    return dict(WORD_TRAINING) if corpus.tokenizer.vocab_size > 1000 else {}
-
-
-def clustered_softmax_head(train_tokens: np.ndarray, vocab_size: int, features: int) -> int:
-    """The head size that minimises the decoder's expected work per training token, or 0 where
-    a single softmax is at most twice as much work.
-
-    A token costs `head + 1` rows, and a rare one another `features` (its projection) plus
-    `vocab_size - head`; the counts of the training tokens say how many are rare.
-    """
-    if vocab_size < 1000 or len(train_tokens) == 0:
-        return 0
-    coverage = np.cumsum(np.bincount(train_tokens, minlength=vocab_size)) / len(train_tokens)
-    heads = np.arange(1, vocab_size)
-    work = heads + 1 + (1 - coverage[heads - 1]) * (vocab_size - heads + features)
-    best = int(work.argmin())
-    return int(heads[best]) if work[best] * 2 <= vocab_size else 0

@@ -16,13 +16,13 @@ import torch
 
 from conftest import make_corpus, run_cli
 from rnnlm.checkpoint import load_checkpoint, load_model, read_metrics
-from rnnlm.config import PRESETS, TrainConfig
+from rnnlm.config import TrainConfig
+from rnnlm.defaults import MODEL_SETTINGS, PRESETS
 from rnnlm.preparation import PrepareOptions, prepare
 from rnnlm.prepared_corpus import PreparedCorpus
 from rnnlm.model import ModelConfig, RNNLanguageModel, dropout_mask
 from rnnlm import training
 from rnnlm.training import (
-    MODEL_SETTINGS,
     SilentReporter,
     WeightAverage,
     averaging_triggered,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rnnlm.model import ModelConfig, RNNLanguageModel
-from rnnlm.training import clustered_softmax_head
+from rnnlm.defaults import clustered_softmax_head
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -50,7 +50,7 @@ def test_head_is_chosen_from_the_token_counts() -> None:
 
 
 def test_defaults_scale_with_the_corpus_and_the_budget() -> None:
-    from rnnlm.training import LONG_BUDGET, default_size
+    from rnnlm.defaults import LONG_BUDGET, default_size
 
     assert default_size(100_000, None, word_sized=False) == (256, 0.3)  # a tiny corpus: small, regularised
     assert default_size(1_000_000, 300.0, word_sized=False) == (256, 0.1)  # a short budget: the smaller model

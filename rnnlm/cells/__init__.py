@@ -70,4 +70,4 @@ def check_cell_options(cell: str, settings: dict[str, object]) -> None:
     for name in CELL_OPTIONS:
         if settings.get(name) is not None and name not in cell_named(cell).options:
             owners = " and ".join(other.name for other in CELLS.values() if name in other.options)
-            raise InvalidOption(f"--{name.replace('_', '-')} applies to the {owners} cell only, not to {cell}")
+            raise InvalidOption(name, f"applies to the {owners} cell only, not to {cell}")
