@@ -252,3 +252,32 @@ def _check_busy(target: Path) -> None:
         assert caught.value.pid == holder.pid and not math.isnan(caught.value.pid)
     finally:
         holder.communicate("")
+
+
+def python_blocks(path: Path) -> list[str]:
+    """The ```python blocks of a Markdown file, in order."""
+    blocks, block, inside = [], [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() == "```python":
+            inside, block = True, []
+        elif inside and line.strip() == "```":
+            inside = False
+            blocks.append("\n".join(block))
+        elif inside:
+            block.append(line)
+    return blocks
+
+
+def test_the_python_guide_runs(trained: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/python.md's examples, run in order in one namespace, in a project whose latest model
+    is a copy of the session's model: the guide stays true to the code."""
+    shutil.copytree(trained.directory, tmp_path / "models" / "ptb-lstm")
+    (tmp_path / "models" / "latest").write_text("ptb-lstm\n")
+    write_lines(tmp_path / "test.txt", EVAL_LINES)
+    monkeypatch.chdir(tmp_path)
+    blocks = python_blocks(Path(__file__).parent.parent / "docs" / "python.md")
+    assert len(blocks) >= 6
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/python.md", "exec"), namespace)  # noqa: S102
+    assert namespace["latest"].directory.resolve() == (tmp_path / "models" / "ptb-lstm").resolve()
