@@ -163,13 +163,7 @@ class LanguageModel:
     def _line_scores(self, lines: Iterable[str], detail: bool = False) -> list[LineScore]:
         """score_lines over the lines, CHUNK_LINES at a time, as `rnnlm score` reads its input."""
         scores: list[LineScore] = []
-        chunk: list[str] = []
-        for line in lines:
-            chunk.append(_one_line(line))
-            if len(chunk) == CHUNK_LINES:
-                scores += score_lines(self._model, self._tokenizer, chunk, detail)
-                chunk = []
-        if chunk:
+        for chunk in _line_chunks(lines):
             scores += score_lines(self._model, self._tokenizer, chunk, detail)
         return scores
 
@@ -352,18 +346,19 @@ def _text_chunks(source: PathLike | Iterable[str]) -> Iterator[tuple[str, Iterat
         with open_binary_input(name) as stream:
             yield ("<stdin>" if name == "-" else name), iter_text_chunks(stream, name)
         return
-    yield "<lines>", _joined_lines(source)
+    yield "<lines>", ("".join(line + "\n" for line in chunk) for chunk in _line_chunks(source))
 
 
-def _joined_lines(lines: Iterable[str]) -> Iterator[str]:
+def _line_chunks(lines: Iterable[str]) -> Iterator[list[str]]:
+    """Lines (each checked to be one, its newline dropped) CHUNK_LINES at a time, as the commands read them."""
     chunk: list[str] = []
     for line in lines:
-        chunk.append(_one_line(line) + "\n")
+        chunk.append(_one_line(line))
         if len(chunk) == CHUNK_LINES:
-            yield "".join(chunk)
+            yield chunk
             chunk = []
     if chunk:
-        yield "".join(chunk)
+        yield chunk
 
 
 class _Cancelled(Exception):
