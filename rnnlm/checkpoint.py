@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlm import locks
-from rnnlm.errors import UserError
+from rnnlm.errors import CorruptModel, ModelNotFound, UserError
 from rnnlm.fileio import write_bytes_atomic, write_text_atomic
 from rnnlm.model import ModelConfig, RNNLanguageModel
 from rnnlm.outputs import build_aside, read_marker, replaced_whole
@@ -78,9 +78,9 @@ class Checkpoint:
     tensors: dict[str, Any]  # random generator states and the recurrent state carried across batches
     note: str = ""  # where an older complete checkpoint lies, if one does
 
-    def fault(self, name: str, problem: str) -> UserError:
+    def fault(self, name: str, problem: str) -> CorruptModel:
         """The error for a checkpoint file that does not fit the run it should continue."""
-        return UserError(f"{self.path / name}: {problem}{self.note}")
+        return CorruptModel(f"{self.path / name}: {problem}{self.note}")
 
 
 def save_checkpoint(directory: Path, model: RNNLanguageModel, optimizer_state: dict[str, Any], state: dict[str, Any],
@@ -131,7 +131,7 @@ def read_safetensors(path: Path, note: str = "") -> dict[str, Any]:
     try:
         return load(data)
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as error:
-        raise UserError(f"{path}: not a valid safetensors file ({_first_line(error)}){note}") from None
+        raise CorruptModel(f"{path}: not a valid safetensors file ({_first_line(error)}){note}") from None
 
 
 def _read_optimizer(path: Path, device: str, note: str) -> dict[str, Any]:
@@ -144,9 +144,9 @@ def _read_optimizer(path: Path, device: str, note: str) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception as error:  # torch.load reports damage through many types (pickle, zip, EOF, runtime)
-        raise UserError(f"{path}: not a valid optimiser state ({_first_line(error)}){note}") from None
+        raise CorruptModel(f"{path}: not a valid optimiser state ({_first_line(error)}){note}") from None
     if not isinstance(state, dict) or not {"state", "param_groups"} <= state.keys():
-        raise UserError(f"{path}: not an optimiser state (no 'state' and 'param_groups'){note}")
+        raise CorruptModel(f"{path}: not an optimiser state (no 'state' and 'param_groups'){note}")
     return state
 
 
@@ -154,9 +154,9 @@ def _read_state(path: Path, note: str) -> dict[str, Any]:
     try:
         state = json.loads(_read_file(path, note))
     except ValueError as error:
-        raise UserError(f"{path}: not valid JSON ({_first_line(error)}){note}") from None
+        raise CorruptModel(f"{path}: not valid JSON ({_first_line(error)}){note}") from None
     if not isinstance(state, dict):
-        raise UserError(f"{path}: not a run state (a JSON object is expected){note}")
+        raise CorruptModel(f"{path}: not a run state (a JSON object is expected){note}")
     return state
 
 
@@ -164,11 +164,11 @@ def _read_file(path: Path, note: str = "") -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"{path}: is missing{note}") from None
+        raise CorruptModel(f"{path}: is missing{note}") from None
     except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not a file{note}") from None
+        raise CorruptModel(f"{path}: is a directory, not a file{note}") from None
     if not data:
-        raise UserError(f"{path}: is empty{note}")
+        raise CorruptModel(f"{path}: is empty{note}")
     return data
 
 
@@ -178,9 +178,9 @@ def read_metrics(directory: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: is missing") from None
+        raise CorruptModel(f"{path}: is missing") from None
     except UnicodeDecodeError:
-        raise UserError(f"{path}: is not UTF-8 text") from None
+        raise CorruptModel(f"{path}: is not UTF-8 text") from None
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         try:
@@ -188,21 +188,33 @@ def read_metrics(directory: Path) -> list[dict[str, Any]]:
         except ValueError:
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise UserError(f"{path}: line {number} is not an evaluation record")
+            raise CorruptModel(f"{path}: line {number} is not an evaluation record")
         records.append(record)
     return records
 
 
 def read_model_config(directory: Path) -> dict[str, Any]:
-    """config.json, checked to be an rnnlm model's in a version this rnnlm reads."""
-    return read_marker(directory, MODEL_DIRECTORY)
+    """config.json, checked to be an rnnlm model's in a version this rnnlm reads: without one the
+    directory is no model (ModelNotFound); with a damaged one, a CorruptModel."""
+    try:
+        return read_marker(directory, MODEL_DIRECTORY)
+    except UserError as error:
+        raise (CorruptModel if (directory / CONFIG).exists() else ModelNotFound)(str(error)) from None
+
+
+def read_model_tokenizer(path: Path) -> Tokenizer:
+    """A model's tokenizer.json; a damaged one makes the model a CorruptModel."""
+    try:
+        return load_tokenizer(path)
+    except UserError as error:
+        raise CorruptModel(str(error)) from None
 
 
 def model_config_from(config: dict[str, Any], directory: Path) -> ModelConfig:
     try:
         return ModelConfig(**config["model"])
     except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"{directory / CONFIG}: the model settings are not valid ({_first_line(error)})") from None
+        raise CorruptModel(f"{directory / CONFIG}: the model settings are not valid ({_first_line(error)})") from None
 
 
 def load_model(directory: Path | None, device: str = "cpu") -> LoadedModel:
@@ -214,18 +226,18 @@ def load_model(directory: Path | None, device: str = "cpu") -> LoadedModel:
 
     directory = resolve_model(directory).path
     if not directory.is_dir():
-        raise UserError(f"{directory}: no such model directory")
+        raise ModelNotFound(f"{directory}: no such model directory")
     with locks.reading(directory):
         if not (directory / CONFIG).exists() and locks.writer_pid(directory):
-            raise UserError(f"{directory}: not a model yet (training started there but has saved no model so far)")
+            raise ModelNotFound(f"{directory}: not a model yet (training started there but has saved no model so far)")
         config = read_model_config(directory)
         model_config = model_config_from(config, directory)
         check_fits(inference_bytes(model_config), torch.device(device), f"the model in {directory}")
         model = RNNLanguageModel(model_config)
         load_weights(model, read_safetensors(directory / WEIGHTS), directory / WEIGHTS)
-        tokenizer = load_tokenizer(directory / TOKENIZER)
+        tokenizer = read_model_tokenizer(directory / TOKENIZER)
     if tokenizer.vocab_size != model.config.vocab_size:
-        raise UserError(f"{directory / TOKENIZER}: has {tokenizer.vocab_size} tokens where the model has "
+        raise CorruptModel(f"{directory / TOKENIZER}: has {tokenizer.vocab_size} tokens where the model has "
                         f"{model.config.vocab_size}")
     model.to(device).eval()
     return LoadedModel(directory, model, tokenizer, config)
@@ -236,12 +248,12 @@ def load_weights(model: RNNLanguageModel, tensors: dict[str, Any], path: Path, n
     missing = set(model.state_dict()) - set(tensors) - ({"decoder.weight"} if model.config.tie else set())
     unexpected = set(tensors) - set(model.state_dict())
     if missing or unexpected:
-        raise UserError(f"{path}: the weights do not fit the model settings (missing {sorted(missing)[:3]}, "
+        raise CorruptModel(f"{path}: the weights do not fit the model settings (missing {sorted(missing)[:3]}, "
                         f"unexpected {sorted(unexpected)[:3]}){note}")
     try:
         model.load_state_dict(tensors, strict=False)
     except RuntimeError as error:
-        raise UserError(f"{path}: the weights do not fit the model settings ({_shape_error(error)}){note}") from None
+        raise CorruptModel(f"{path}: the weights do not fit the model settings ({_shape_error(error)}){note}") from None
 
 
 def _shape_error(error: RuntimeError) -> str:

@@ -1,15 +1,35 @@
-"""The exceptions the command line turns into a one-line message and exit code 1."""
+"""The exceptions rnnlm raises for bad input, which the command line turns into a one-line message.
+
+`RnnlmError` is the base a Python caller catches; `UserError` is bad input (a missing file, an
+invalid value), and its subclasses say which kind, so that a script can react (train a model when
+none is found, wait for a busy directory). Every UserError is exit code 1 on the command line,
+except InvalidOption (2, bad usage).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-class UserError(Exception):
+class RnnlmError(Exception):
+    """Every error rnnlm raises on purpose (as opposed to a bug)."""
+
+
+class UserError(RnnlmError):
     """Bad input from the user: a missing file, a corrupt model, an invalid option value."""
 
 
-class DirectoryBusy(UserError):
+class ModelNotFound(UserError):
+    """No model where one was asked for: none trained yet, or a path (given, or named by
+    RNNLM_MODEL or a `latest` pointer) that is not a model directory."""
+
+
+class CorruptModel(UserError):
+    """A model directory whose files are damaged or do not fit together (invalid JSON or
+    safetensors, weights that do not fit the settings, a damaged checkpoint)."""
+
+
+class BusyDirectory(UserError):
     """Another process is writing the directory (or pointer file) this one wants to write."""
 
     def __init__(self, target: Path, pid: int | None) -> None:

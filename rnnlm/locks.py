@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rnnlm.errors import DirectoryBusy
+from rnnlm.errors import BusyDirectory
 
 _held: dict[Path, int] = {}  # writer locks this process holds, and how many blocks hold each
 RETRY_S = 0.2  # a writer retries this long: a reader probing the lock (writer_pid) holds it for microseconds
@@ -34,7 +34,7 @@ def lock_path(target: Path) -> Path:
 
 @contextmanager
 def exclusive(target: Path, wait: bool = False) -> Iterator[None]:
-    """Hold the writer lock of `target` inside the block; DirectoryBusy if another process holds it,
+    """Hold the writer lock of `target` inside the block; BusyDirectory if another process holds it,
     unless `wait` says to wait for it.
 
     Re-entrant within a process, so that a command and the library function it calls can both hold it."""
@@ -70,7 +70,7 @@ def _acquire(path: Path, target: Path, wait: bool) -> int:
             if time.monotonic() < deadline:
                 time.sleep(0.01)
                 continue
-            raise DirectoryBusy(target, pid) from None
+            raise BusyDirectory(target, pid) from None
         if _same_file(descriptor, path):  # else the holder removed it as we opened it: try the new one
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)

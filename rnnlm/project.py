@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnlm import locks
-from rnnlm.errors import UserError
+from rnnlm.errors import ModelNotFound
 from rnnlm.fileio import write_bytes_atomic
 from rnnlm.model_files import CONFIG, TOKENIZER, WEIGHTS
 
@@ -93,7 +93,7 @@ def resolve_model(explicit: Path | None = None, start: Path | None = None) -> Re
         path = Path(named)
         problem = model_problem(path)
         if problem:
-            raise UserError(f"{MODEL_VARIABLE} names {shown(path)}, which {problem}; set it to a model directory "
+            raise ModelNotFound(f"{MODEL_VARIABLE} names {shown(path)}, which {problem}; set it to a model directory "
                             f"(see 'rnnlm models') or unset it, or pass -m DIR")
         return Resolved(path, FROM_VARIABLE)
     pointer = project_pointer(start)
@@ -101,7 +101,7 @@ def resolve_model(explicit: Path | None = None, start: Path | None = None) -> Re
         return Resolved(read_pointer(pointer), PROJECT_LATEST, pointer)
     pointer = user_pointer()
     if not pointer.is_file():
-        raise UserError(NO_MODEL)
+        raise ModelNotFound(NO_MODEL)
     return Resolved(read_pointer(pointer), USER_LATEST, pointer)
 
 
@@ -110,12 +110,12 @@ def read_pointer(pointer: Path) -> Path:
     try:
         path = pointer_target(pointer)
     except OSError as error:
-        raise UserError(f"{shown(pointer)}: cannot be read ({error.strerror})") from None
+        raise ModelNotFound(f"{shown(pointer)}: cannot be read ({error.strerror})") from None
     if path is None:
-        raise UserError(f"{shown(pointer)}: is empty; pass -m DIR (see 'rnnlm models') or remove {shown(pointer)}")
+        raise ModelNotFound(f"{shown(pointer)}: is empty; pass -m DIR (see 'rnnlm models') or remove {shown(pointer)}")
     problem = model_problem(path)
     if problem:
-        raise UserError(f"{shown(pointer)}: names {shown(path)}, which {problem}; pass -m DIR (see 'rnnlm models') "
+        raise ModelNotFound(f"{shown(pointer)}: names {shown(path)}, which {problem}; pass -m DIR (see 'rnnlm models') "
                         f"or remove {shown(pointer)}")
     return path
 
