@@ -32,7 +32,7 @@ from rnnlm.fileio import iter_text_chunks, open_binary_input
 from rnnlm.generate import generate, unseen_text
 from rnnlm.model import State as RecurrentState
 from rnnlm.project import resolve_model
-from rnnlm.scoring import LineScore, PerplexityMeter, score_lines, time_window
+from rnnlm.scoring import LineScore, PerplexityMeter, score_lines, scored_windows, time_window
 from rnnlm.tokenizers import SPACE_SYMBOL, Tokenizer
 from rnnlm.training import resolve_device
 
@@ -277,7 +277,7 @@ class LanguageModel:
         included, so advancing by any token i gives log-probability value [i] up to rounding)."""
         device = self._model.embedding.weight.device
         with torch.no_grad():
-            logits, _ = self._model(torch.tensor([[state.last_token]], device=device), state.recurrent)
+            logits = self._model(torch.tensor([[state.last_token]], device=device), state.recurrent).logits
         return torch.log_softmax(logits[0, -1].double(), dim=-1).cpu()
 
     def _read(self, state: State, ids: np.ndarray) -> tuple[State, float]:
@@ -285,15 +285,12 @@ class LanguageModel:
         the scorers do; the new state holds copies of the recurrent tensors, shared with no one."""
         if len(ids) == 0:
             return state, 0.0
-        device = self._model.embedding.weight.device
         stream = np.concatenate([[state.last_token], ids]).astype(np.int64)
         window = time_window(1, self._model.config.vocab_size)
+        blocks = (stream[column:column + window + 1] for column in range(0, len(ids), window))
         recurrent, total = state.recurrent, 0.0
-        with torch.no_grad():
-            for column in range(0, len(ids), window):
-                block = torch.from_numpy(stream[column:column + window + 1])[None].to(device)
-                logprobs, recurrent = self._model(block[:, :-1], recurrent, targets=block[:, 1:])
-                total += float(logprobs.double().sum())
+        for scored in scored_windows(self._model, blocks, recurrent):
+            recurrent, total = scored.state, total + float(scored.log_probs.double().sum())
         copied = tuple(tensor.clone() for tensor in recurrent)  # type: ignore[union-attr]
         return State(int(ids[-1]), copied, state.tokens + len(ids)), total
 
