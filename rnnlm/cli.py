@@ -618,6 +618,8 @@ def rescore(
     if tune is not None and (settings != RescoreSettings() or weights is not None):
         raise typer.BadParameter("--tune chooses --lm-weight, --word-penalty, --lm-column-weight and --weights itself",
                                  param_hint="'--tune'")
+    if lm_column is None and lm_column_weight != 1.0:
+        raise typer.BadParameter("weighs the column --lm-column names; give --lm-column", param_hint="'--lm-column-weight'")
     if lm_column is not None and input_format == "kaldi":
         raise typer.BadParameter("reads a column of the tsv format; Kaldi's n-best text has none",
                                  param_hint="'--lm-column'")

@@ -408,7 +408,8 @@ def test_a_missing_or_bad_lm_column_names_its_line(trained: TrainedModel, tmp_pa
     write_nbest(tmp_path / "nbest.tsv", lines)
     result = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--lm-column", "4")
     assert result.returncode == 1 and problem in result.stderr and len(result.stderr_lines) == 1, result
-    for options in (("--lm-column", "2"), ("--lm-column", "3", "--format", "kaldi", "--costs", tmp_path / "nbest.tsv")):
+    for options in (("--lm-column", "2"), ("--lm-column", "3", "--format", "kaldi", "--costs", tmp_path / "nbest.tsv"),
+                    ("--lm-column-weight", "0.5")):
         usage = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, *options)
         assert usage.returncode == 2 and len(usage.stderr_lines) == 1, usage
 
@@ -475,10 +476,18 @@ def test_linear_mix_with_weights_one_and_zero_is_the_first_model(trained: Traine
         assert alone.returncode == 0 and both.stdout == alone.stdout, command
 
 
-def test_linear_mix_refuses_other_tokenizers_directions_and_streams(trained: TrainedModel, second: TrainedModel,
-                                                                    sibling: TrainedModel, directions) -> None:  # type: ignore[no-untyped-def]
+def test_linear_mix_refuses_other_tokenizers_directions_and_streams(trained: TrainedModel, sibling: TrainedModel,
+                                                                    directions, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    swapped = tmp_path / "swapped"  # the sibling with one character of its tokenizer replaced: same size, other tokens
+    shutil.copytree(sibling.directory, swapped)
+    tokenizer = json.loads((swapped / "tokenizer.json").read_text(encoding="utf-8"))
+    assert "\u2603" not in tokenizer["chars"]
+    tokenizer["chars"] = tokenizer["chars"][:-1] + "\u2603"
+    (swapped / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
     bwd_dir, fwd_dir = directions
-    for first, other in ((trained.directory, second.directory), (fwd_dir, bwd_dir)):
+    for first, other in ((trained.directory, swapped), (fwd_dir, bwd_dir)):
         result = run_cli("score", "-", "-m", first, "-m", other, "--mix", "linear", input=b"the cat\n")
         assert result.returncode == 2 and len(result.stderr_lines) == 1 and "--mix linear" in result.stderr, result
     for command, *options in (("perplexity", "-"), ("score", "-", "--weights", "0.5,0.6")):
