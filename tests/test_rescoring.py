@@ -341,19 +341,21 @@ def test_tune_with_two_models_is_no_worse_than_each_model_alone(trained: Trained
 
 
 def test_tuner_search_never_loses_to_a_model_alone() -> None:
-    """Random scores and errors: the search result has no more errors than any model alone, and each
-    model alone no more than the first pass (exact: those points are on the grid)."""
+    """One model knows the errors, two are loud noise, so any share of the noise costs errors: the search
+    result has no more errors than any model alone, and each model alone no more than the first pass
+    (exact: those points are on the grid)."""
     import numpy as np
 
     from rnnlm.combination import ModelLogprobs
-    from rnnlm.tuning import Tuner
+    from rnnlm.tuning import Tuner, word_errors
 
     rng = random.Random(21)
     groups = [[Hypothesis(f"u{u}", rng.gauss(0, 3), " ".join(rng.choice("abcd") for _ in range(rng.randint(1, 6))))
                for _ in range(8)] for u in range(30)]
     references = {f"u{u}": " ".join(rng.choice("abcd") for _ in range(4)) for u in range(30)}
     count = sum(len(g) for g in groups)
-    per_line = np.array([[rng.gauss(-10, 4) for _ in range(count)] for _ in range(3)])
+    knowing = [-5.0 * word_errors(h.text.split(), references[h.utt_id].split()) for g in groups for h in g]
+    per_line = np.array([knowing] + [[rng.gauss(-10, 50) for _ in range(count)] for _ in range(2)])
     tuner = Tuner(groups, ModelLogprobs(False, per_line, np.zeros((3, 0)), np.zeros(0)), references, "refs")
     chosen = tuner.search([1 / 3] * 3)
     first_pass = tuner.outcome("", tuner.first_pass).errors
