@@ -59,6 +59,10 @@ WeightsOption = Annotated[Optional[str], typer.Option(
     "--weights", show_default=False,
     help="With several -m: comma-separated weights of the models' line log-probabilities, combined log-linearly "
     "(default: equal weights that sum to one).")]
+MixOption = Annotated[Literal["loglinear", "linear"], typer.Option(
+    "--mix", help="With several -m: loglinear: weighted sum of the models' line log-probabilities; linear: mix "
+    "their token probabilities, p = sum of weight x p_model per token (models with the same tokenizer and "
+    "direction only; weights summing to 1).")]
 QuietOption = Annotated[bool, typer.Option(
     "--quiet", "-q", envvar="RNNLM_QUIET", show_envvar=True,
     help="Do not name on stderr the model used when -m does not (warnings and errors still appear).")]
@@ -312,14 +316,15 @@ def load_chosen(model: Optional[Path], device: str, quiet: bool) -> Any:
     return loaded
 
 
-def load_models(models: Optional[list[Path]], weights: Optional[str], device: str, quiet: bool) -> Any:
+def load_models(models: Optional[list[Path]], weights: Optional[str], device: str, quiet: bool,
+                mix: str = "loglinear") -> Any:
     """The models of repeated -m (none: the one rnnlm.project chooses, named on stderr) and their weights,
     checked before any loads (rnnlm.combination.Combination)."""
     from rnnlm.combination import Combination, parse_weights
 
     chosen: list[Optional[Path]] = list(models) if models else [None]
-    checked = parse_weights(weights, len(chosen))
-    return Combination([load_chosen(directory, device, quiet) for directory in chosen], checked)
+    checked = parse_weights(weights, len(chosen), mix)
+    return Combination([load_chosen(directory, device, quiet) for directory in chosen], checked, mix)
 
 
 @piped_command
@@ -408,6 +413,7 @@ def score(
     file: Annotated[str, typer.Argument(help="Text to score, one item per line; - for standard input.")] = "-",
     model: ModelsOption = None,
     weights: WeightsOption = None,
+    mix: MixOption = "loglinear",
     output_format: Annotated[Literal[SCORE_FORMATS], typer.Option("--format", help="tsv: LOGPROB<TAB>LINE; value: the number alone (for paste); jsonl: one object per line (text, logprob, tokens, words, chars, oov); kenlm: 'Total: LOG10PROB OOV: N' lines and KenLM query's closing perplexity summary.")] = "tsv",
     log_base: Annotated[Literal[LOG_BASES], typer.Option(help="Base of the logarithms printed (the kenlm format is always base 10).")] = "e",
     per_token: Annotated[bool, typer.Option("--per-token", help="Add each token's log-probability: jsonl keys token_logprobs and pieces; tab-indented PIECE<TAB>LOGPROB rows under each tsv/value line; KenLM's PIECE=ID 0 LOG10PROB fields.")] = False,
@@ -424,7 +430,8 @@ def score(
     One output line per input line, in input order, empty lines included; a line of unknown tokens
     gets a score too. Invalid UTF-8 (without --encoding-errors replace) stops with an error after
     the lines before it are written. An empty input prints nothing. With several -m, a line's
-    score is the weighted sum of the models' scores; tokens and OOV are counted by the first model.
+    score is the weighted sum of the models' scores (--mix linear: the sum of its mixed token
+    log-probabilities); tokens and OOV are counted by the first model.
     """
     import time
 
@@ -435,9 +442,10 @@ def score(
 
     if utt_id and output_format == "kenlm":
         raise typer.BadParameter("KenLM's format has no place for identifiers", param_hint="'--utt-id'")
-    if per_token and model and len(model) > 1:
-        raise typer.BadParameter("token log-probabilities belong to one model; give one -m", param_hint="'--per-token'")
-    models = load_models(model, weights, device, quiet)
+    if per_token and model and len(model) > 1 and mix == "loglinear":
+        raise typer.BadParameter("token log-probabilities belong to one model or a --mix linear mixture",
+                                 param_hint="'--per-token'")
+    models = load_models(model, weights, device, quiet, mix)
     writer = ScoreWriter(sys.stdout, models.first.tokenizer, output_format, log_base, per_token)
     totals = Perplexity("independent-lines")
     started = time.perf_counter()
@@ -460,6 +468,7 @@ def perplexity(
     file: Annotated[str, typer.Argument(help="Text file to measure; - for standard input.", show_default=False)],
     model: ModelsOption = None,
     weights: WeightsOption = None,
+    mix: MixOption = "loglinear",
     independent_lines: Annotated[bool, typer.Option("--independent-lines", help="Score each line from a fresh state (equals the sum of 'rnnlm score'); default: one running stream.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: mode, tokens, words, chars, lines, oov, nll (total, nats), ppl (per token), word_ppl, bpc, ppl_excluding_oov, tokens_excluding_oov, nats_per_token.")] = False,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic evaluation (Krause et al. 2018): after scoring each segment of the stream, take one SGD step on it, so the model adapts to the text as it reads. Off by default.")] = False,
@@ -475,24 +484,21 @@ def perplexity(
     Tokens include one end-of-line token per line; words are whitespace words plus one per line
     end; characters are Unicode code points, newlines included. Out-of-vocabulary tokens count
     in the main figures; a per-token perplexity without them is shown beside. With several -m,
-    the total NLL is the weighted sum of the models' NLLs; tokens and OOV are the first model's.
+    the total NLL is the weighted sum of the models' NLLs (--mix linear, with --independent-lines
+    only: the NLL of the token-level mixture); tokens and OOV are the first model's.
     """
     from rnnlm.combination import combined_perplexity
     from rnnlm.display import perplexity_table
     from rnnlm.fileio import iter_text_chunks, open_binary_input
-    from rnnlm.scoring import PerplexityMeter
 
     adaptation = DynamicEvaluation(dynamic_lr, dynamic_decay, dynamic_segment) if dynamic else None
     if adaptation is not None:
         adaptation.validate()
-    models = load_models(model, weights, device, quiet)
-    meters = [PerplexityMeter(m.model, m.tokenizer, independent_lines, adaptation) for m in models.models]
+    models = load_models(model, weights, device, quiet, mix)
     name = "<stdin>" if file == "-" else file
     with open_binary_input(file) as stream:
-        for text in iter_text_chunks(stream, name, encoding_errors):
-            for meter in meters:
-                meter.add(text)
-    result = combined_perplexity([meter.finish() for meter in meters], models.weights)
+        result = combined_perplexity(models, iter_text_chunks(stream, name, encoding_errors), independent_lines,
+                                     adaptation)
     if result.tokens == 0:
         raise UserError(f"{name}: is empty; nothing to measure")
     report = result.to_dict()
@@ -506,20 +512,23 @@ def perplexity(
 
 @piped_command
 def rescore(
-    nbest: Annotated[str, typer.Argument(help="N-best list: utt-id<TAB>first-pass-score<TAB>hypothesis per line, the hypotheses of an utterance on consecutive lines; - for standard input.")] = "-",
+    nbest: Annotated[str, typer.Argument(help="N-best list: utt-id<TAB>first-pass-score<TAB>hypothesis per line (with --lm-column N: score columns 3 to N before the hypothesis), the hypotheses of an utterance on consecutive lines; - for standard input.")] = "-",
     model: ModelsOption = None,
     weights: WeightsOption = None,
+    mix: MixOption = "loglinear",
     lm_weight: Annotated[float, typer.Option(help="Weight of the LM log-probability (nats) in the new score.")] = 1.0,
     word_penalty: Annotated[float, typer.Option(help="Added to the new score once per whitespace word of the hypothesis.")] = 0.0,
-    every_hypothesis: Annotated[bool, typer.Option("--all", help="Print every hypothesis in input order: utt-id, first-pass score, LM log-prob, new score, new rank, hypothesis.")] = False,
+    lm_column: Annotated[Optional[int], typer.Option(min=3, help="Add the score in this tab-separated field of each line (counted from 1: utt-id, first-pass score, then 3...; e.g. an n-gram model's log-prob), times --lm-column-weight; fields 3 to N are scores and the hypothesis is what follows field N (tsv format only).", show_default=False)] = None,
+    lm_column_weight: Annotated[float, typer.Option(help="With --lm-column: weight of that column in the new score.")] = 1.0,
+    every_hypothesis: Annotated[bool, typer.Option("--all", help="Print every hypothesis in input order: utt-id, first-pass score, [--lm-column score,] LM log-prob, new score, new rank, hypothesis.")] = False,
     input_format: Annotated[Literal[NBEST_FORMATS], typer.Option("--format", help="tsv: utt-id<TAB>first-pass-score<TAB>hypothesis; kaldi: Kaldi's n-best text, utt-id-N then the words, with --costs.")] = "tsv",
     costs: Annotated[Optional[str], typer.Option(help="With --format kaldi: the costs file, 'utt-id-N COST' on the line of each hypothesis (lower is better; first-pass score = -COST).", show_default=False)] = None,
-    tune: Annotated[Optional[Path], typer.Option(help="References, utt-id<TAB>reference text: choose --lm-weight and --word-penalty on a grid to minimise the word error rate, print a table of WER and sentence error rate on stderr, then rescore with the chosen values (holds every n-best list in memory).", show_default=False)] = None,
+    tune: Annotated[Optional[Path], typer.Option(help="References, utt-id<TAB>reference text: choose --lm-weight and --word-penalty on a grid (and, by coordinate search, --weights with several -m and --lm-column-weight with --lm-column) to minimise the word error rate, print a table of WER and sentence error rate on stderr (oracle, first pass, defaults, each model alone, chosen), then rescore with the chosen values (holds every n-best list in memory).", show_default=False)] = None,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
     quiet: QuietOption = False,
 ) -> None:
-    """Rescore n-best lists: new score = first-pass + lm-weight x LM log-prob + word-penalty x words.
+    """Rescore n-best lists: new score = first-pass + lm-weight x LM log-prob [+ lm-column-weight x column] + word-penalty x words.
 
     The LM log-prob is the line score of 'rnnlm score' (natural log, end of line included;
     several -m combine as there). For each utterance, in input order, prints
@@ -531,42 +540,49 @@ def rescore(
     from rnnlm.fileio import iter_text_chunks, open_binary_input
     from rnnlm.rescoring import RescoreSettings, group_utterances, read_kaldi, read_tsv, rescore as rescore_lists, write_results
 
-    settings = RescoreSettings(lm_weight, word_penalty)
+    settings = RescoreSettings(lm_weight, word_penalty, lm_column_weight)
     settings.validate()
-    if tune is not None and (lm_weight, word_penalty) != (1.0, 0.0):
-        raise typer.BadParameter("--tune chooses --lm-weight and --word-penalty itself", param_hint="'--tune'")
+    if tune is not None and (settings != RescoreSettings() or weights is not None):
+        raise typer.BadParameter("--tune chooses --lm-weight, --word-penalty, --lm-column-weight and --weights itself",
+                                 param_hint="'--tune'")
+    if lm_column is None and lm_column_weight != 1.0:
+        raise typer.BadParameter("weighs the column --lm-column names; give --lm-column", param_hint="'--lm-column-weight'")
+    if lm_column is not None and input_format == "kaldi":
+        raise typer.BadParameter("reads a column of the tsv format; Kaldi's n-best text has none",
+                                 param_hint="'--lm-column'")
     if (input_format == "kaldi") != (costs is not None):
         raise typer.BadParameter("--format kaldi and --costs go together", param_hint="'--costs'")
     if costs == "-" and nbest == "-":
         raise typer.BadParameter("the n-best list and the costs cannot both be standard input", param_hint="'--costs'")
-    models = load_models(model, weights, device, quiet)
+    models = load_models(model, weights, device, quiet, mix)
     name = "<stdin>" if nbest == "-" else nbest
     with open_binary_input(nbest) as stream, open_binary_input(costs or os.devnull) as cost_stream:
         chunks = iter_text_chunks(stream, name, encoding_errors)
         if costs is None:
-            hypotheses = read_tsv(chunks, name)
+            hypotheses = read_tsv(chunks, name, lm_column)
         else:
             costs_name = "<stdin>" if costs == "-" else costs
             hypotheses = read_kaldi(chunks, iter_text_chunks(cost_stream, costs_name, encoding_errors), name, costs_name)
         utterances = group_utterances(hypotheses, name)
-        rescored = rescoring_progress(rescore_lists(utterances, functools.partial(line_logprobs, models), settings))
-        if tune is not None:
-            rescored = _tuned(rescored, tune, encoding_errors)
-        for results in rescored:
-            write_results(sys.stdout, results, every_hypothesis)
+        if tune is None:
+            rescored = rescore_lists(utterances, functools.partial(line_logprobs, models), settings)
+        else:
+            rescored = _tuned(utterances, models, tune, encoding_errors, lm_column is not None)
+        for results in rescoring_progress(rescored):
+            write_results(sys.stdout, results, every_hypothesis, lm_column is not None)
 
 
-def _tuned(rescored: Any, references: Path, encoding_errors: str) -> Any:
-    """Rescored utterances re-ranked with the settings tuned on `references`; the table on stderr."""
+def _tuned(utterances: Any, models: Any, references: Path, encoding_errors: str, column: bool) -> Any:
+    """The utterances ranked with the settings tuned on `references`; the table on stderr."""
     from rnnlm.fileio import iter_text_chunks, open_binary_input
     from rnnlm.tuning import read_references, tune
 
     with open_binary_input(str(references)) as stream:
         texts = read_references(iter_text_chunks(stream, str(references), encoding_errors), str(references))
-    chosen, table, ranked = tune(rescored, texts, str(references))
+    chosen, table, ranked = tune(utterances, models, texts, str(references), column)
     for row in table:
         typer.echo(row, err=True)
-    typer.echo(f"chosen: --lm-weight {chosen.lm_weight:g} --word-penalty {chosen.word_penalty:g}", err=True)
+    typer.echo(f"chosen: {chosen.options(column)}", err=True)
     return ranked
 
 

@@ -1,8 +1,10 @@
 """N-best rescoring: add a language model's line log-probabilities to a first-pass decoder's scores.
 
-A hypothesis's new score is first-pass + lm_weight * LM log-prob + word_penalty * words, where
-the LM log-prob is the line log-probability `rnnlm score` prints (natural log, end-of-line
-included; several models combine log-linearly) and words are its whitespace words. Input is
+A hypothesis's new score is first-pass + lm_weight * LM log-prob + column_weight * column +
+word_penalty * words, where the LM log-prob is the line log-probability `rnnlm score` prints
+(natural log, end-of-line included; several models combine as rnnlm.combination says), the column
+is an optional score the input already carries (--lm-column, e.g. an n-gram model's) and words are
+the hypothesis's whitespace words. Input is
 streamed: utterances are read as their hypotheses arrive (they must be consecutive), batched
 across utterances for the model, and written in input order, so memory stays bounded.
 """
@@ -26,6 +28,7 @@ class Hypothesis:
     utt_id: str
     first_pass: float  # higher is better
     text: str
+    column: float = 0.0  # the --lm-column score, when there is one
 
 
 @dataclass
@@ -40,22 +43,35 @@ class Rescored:
 class RescoreSettings:
     lm_weight: float = 1.0
     word_penalty: float = 0.0
+    column_weight: float = 1.0
 
     def validate(self) -> None:
-        for option, value in (("--lm-weight", self.lm_weight), ("--word-penalty", self.word_penalty)):
+        for option, value in (("--lm-weight", self.lm_weight), ("--word-penalty", self.word_penalty),
+                              ("--lm-column-weight", self.column_weight)):
             if not math.isfinite(value):
                 raise InvalidOption(f"{option} must be a finite number, got {value}")
 
     def score(self, hypothesis: Hypothesis, lm_logprob: float) -> float:
-        return hypothesis.first_pass + self.lm_weight * lm_logprob + self.word_penalty * count_words(hypothesis.text)
+        return (hypothesis.first_pass + self.lm_weight * lm_logprob + self.column_weight * hypothesis.column
+                + self.word_penalty * count_words(hypothesis.text))
 
 
-def parse_tsv_line(line: str, number: int, name: str) -> Hypothesis:
-    """One `utt-id<TAB>first-pass-score<TAB>hypothesis` line; the hypothesis may be empty."""
-    fields = line.split("\t", 2)
-    if len(fields) < 3 or not fields[0]:
-        raise UserError(f"{name}: line {number}: expected utt-id<TAB>first-pass-score<TAB>hypothesis")
-    return Hypothesis(fields[0], _finite(fields[1], f"{name}: line {number}: the first-pass score"), fields[2])
+def parse_tsv_line(line: str, number: int, name: str, lm_column: int | None = None) -> Hypothesis:
+    """One `utt-id<TAB>first-pass-score<TAB>hypothesis` line; the hypothesis may be empty.
+
+    With `lm_column` N (fields counted from 1: utt-id, first-pass score, 3, ...), fields 3 to N
+    are score columns, field N is the one read, and the hypothesis is everything after field N,
+    so a hypothesis may hold tabs whatever the columns."""
+    last = lm_column or 2
+    fields = line.split("\t", last)
+    if len(fields) <= last or not fields[0]:
+        wanted = f", fields 3 to {last} scores (--lm-column {last})" if lm_column else ""
+        raise UserError(f"{name}: line {number}: expected utt-id<TAB>first-pass-score{wanted}<TAB>hypothesis; "
+                        f"found {len(fields)} tab-separated field(s)")
+    hypothesis = Hypothesis(fields[0], _finite(fields[1], f"{name}: line {number}: the first-pass score"), fields[last])
+    if lm_column:
+        hypothesis.column = _finite(fields[last - 1], f"{name}: line {number}: the --lm-column {last} score")
+    return hypothesis
 
 
 def group_utterances(hypotheses: Iterable[tuple[int, Hypothesis]], name: str) -> Iterator[list[Hypothesis]]:
@@ -119,16 +135,18 @@ def best(results: Sequence[Rescored]) -> Rescored:
     return next(r for r in results if r.rank == 1)
 
 
-def write_results(out: TextIO, results: Sequence[Rescored], every_hypothesis: bool) -> None:
+def write_results(out: TextIO, results: Sequence[Rescored], every_hypothesis: bool, column: bool = False) -> None:
     """`utt-id<TAB>best hypothesis`, or with every_hypothesis one line per hypothesis in input order:
-    utt-id, first-pass score, LM log-prob, new score, new rank, hypothesis (tab-separated)."""
+    utt-id, first-pass score, [the --lm-column score,] LM log-prob, new score, new rank, hypothesis
+    (tab-separated)."""
     if not every_hypothesis:
         winner = best(results).hypothesis
         out.write(f"{winner.utt_id}\t{winner.text}\n")
         return
     for r in results:
         h = r.hypothesis
-        out.write(f"{h.utt_id}\t{h.first_pass:.6f}\t{r.lm_logprob:.6f}\t{r.score:.6f}\t{r.rank}\t{h.text}\n")
+        extra = f"{h.column:.6f}\t" if column else ""
+        out.write(f"{h.utt_id}\t{h.first_pass:.6f}\t{extra}{r.lm_logprob:.6f}\t{r.score:.6f}\t{r.rank}\t{h.text}\n")
 
 
 def numbered_lines(chunks: Iterable[str]) -> Iterator[tuple[int, str]]:
@@ -140,10 +158,10 @@ def numbered_lines(chunks: Iterable[str]) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def read_tsv(chunks: Iterable[str], name: str) -> Iterator[tuple[int, Hypothesis]]:
-    """(line number, hypothesis) for each `utt-id<TAB>first-pass-score<TAB>hypothesis` line."""
+def read_tsv(chunks: Iterable[str], name: str, lm_column: int | None = None) -> Iterator[tuple[int, Hypothesis]]:
+    """(line number, hypothesis) for each `utt-id<TAB>first-pass-score<TAB>hypothesis` line (parse_tsv_line)."""
     for number, line in numbered_lines(chunks):
-        yield number, parse_tsv_line(line, number, name)
+        yield number, parse_tsv_line(line, number, name, lm_column)
 
 
 def read_kaldi(chunks: Iterable[str], cost_chunks: Iterable[str], name: str,

@@ -301,6 +301,203 @@ def test_tune_chooses_settings_no_worse_than_first_pass_or_defaults(trained: Tra
     assert again.stdout == result.stdout
 
 
+def tune_table(stderr_lines: list[str]) -> dict[str, float]:
+    """label -> WER (%) of the --tune table on stderr."""
+    return {row.split(" WER ")[0].strip(): float(row.split(" WER ")[1].split("%")[0]) for row in stderr_lines
+            if " WER " in row}
+
+
+def references_for(lines: list[str], seed: int) -> list[str]:
+    """utt-id<TAB>reference lines, each the text of one of the utterance's hypotheses, not always the first."""
+    rng = random.Random(seed)
+    references: dict[str, str] = {}
+    for line in lines:
+        utt, text = line.split("\t")[0], line.split("\t")[-1]
+        if utt not in references or rng.random() < 0.3:
+            references[utt] = text
+    return [f"{utt}\t{text}" for utt, text in references.items()]
+
+
+def test_tune_with_two_models_is_no_worse_than_each_model_alone(trained: TrainedModel, second: TrainedModel,
+                                                                 tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lines = nbest_lines(12, 6, seed=12)
+    write_nbest(tmp_path / "nbest.tsv", lines)
+    write_nbest(tmp_path / "refs.tsv", references_for(lines, seed=13))
+    models = ("-m", trained.directory, "-m", second.directory)
+    result = run_cli("rescore", tmp_path / "nbest.tsv", *models, "--tune", tmp_path / "refs.tsv")
+    assert result.returncode == 0, result
+    table = tune_table(result.stderr_lines)
+    alone = [next(v for label, v in table.items() if label.startswith(f"{directory} alone:"))
+             for directory in (trained.directory, second.directory)]
+    chosen = next(value for label, value in table.items() if label.endswith("(chosen)"))
+    assert chosen <= min(alone) and max(alone) <= table["first pass"]
+    assert "lm-weight 1, word-penalty 0, weights 0.5,0.5" in table
+    options = re.search(r"^chosen: (.*)$", result.stderr, re.MULTILINE).group(1).split()
+    assert options[4] == "--weights"
+    again = run_cli("rescore", tmp_path / "nbest.tsv", *models, *options)
+    assert again.returncode == 0 and again.stdout == result.stdout
+    given = run_cli("rescore", tmp_path / "nbest.tsv", *models, "--weights", "0.5,0.5", "--tune", tmp_path / "refs.tsv")
+    assert given.returncode == 2 and len(given.stderr_lines) == 1, given
+
+
+def test_tuner_search_never_loses_to_a_model_alone() -> None:
+    """One model knows the errors, two are loud noise, so any share of the noise costs errors: the search
+    result has no more errors than any model alone, and each model alone no more than the first pass
+    (exact: those points are on the grid)."""
+    import numpy as np
+
+    from rnnlm.combination import ModelLogprobs
+    from rnnlm.tuning import Tuner, word_errors
+
+    rng = random.Random(21)
+    groups = [[Hypothesis(f"u{u}", rng.gauss(0, 3), " ".join(rng.choice("abcd") for _ in range(rng.randint(1, 6))))
+               for _ in range(8)] for u in range(30)]
+    references = {f"u{u}": " ".join(rng.choice("abcd") for _ in range(4)) for u in range(30)}
+    count = sum(len(g) for g in groups)
+    knowing = [-5.0 * word_errors(h.text.split(), references[h.utt_id].split()) for g in groups for h in g]
+    per_line = np.array([knowing] + [[rng.gauss(-10, 50) for _ in range(count)] for _ in range(2)])
+    tuner = Tuner(groups, ModelLogprobs(False, per_line, np.zeros((3, 0)), np.zeros(0)), references, "refs")
+    chosen = tuner.search([1 / 3] * 3)
+    first_pass = tuner.outcome("", tuner.first_pass).errors
+    for model in range(3):
+        alone = tuner.alone(model)
+        assert chosen.errors <= alone.errors <= first_pass
+        assert tuner.outcome("", tuner.scores(alone)).errors == alone.errors
+    assert tuner.outcome("", tuner.scores(chosen)).errors == chosen.errors
+    assert sum(chosen.weights) == pytest.approx(1)
+
+
+def column_lines(lines: list[str], seed: int) -> list[str]:
+    """The n-best lines with two score columns before the hypothesis: an ignored one, then the --lm-column 4 one."""
+    rng = random.Random(seed)
+    return [f"{utt}\t{score}\tignored\t{-rng.uniform(0, 20):.4f}\t{text}"
+            for utt, score, text in (line.split("\t", 2) for line in lines)]
+
+
+def test_lm_column_adds_its_weighted_score(trained: TrainedModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lines = column_lines(nbest_lines(5, 4, seed=14), seed=15)
+    lines[1] = lines[1] + "\twith a tab"  # the hypothesis is all that follows column 4
+    write_nbest(tmp_path / "nbest.tsv", lines)
+    result = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--all", "--lm-column", "4",
+                     "--lm-column-weight", "0.3", "--lm-weight", "0.7", "--word-penalty", "0.5")
+    assert result.returncode == 0, result
+    rows = [row.split("\t", 6) for row in result.stdout.splitlines()]
+    texts = [line.split("\t", 4)[4] for line in lines]
+    assert [r[6] for r in rows] == texts and texts[1].endswith("\twith a tab")
+    lm = [s.logprob for s in score_lines(trained.model, trained.tokenizer, texts)]
+    for row, line, text, logprob in zip(rows, lines, texts, lm):
+        first_pass, column = float(line.split("\t")[1]), float(line.split("\t")[3])
+        assert float(row[2]) == column and float(row[3]) == pytest.approx(logprob, abs=2e-6)
+        expected = first_pass + 0.7 * logprob + 0.3 * column + 0.5 * count_words(text)
+        assert float(row[4]) == pytest.approx(expected, abs=1e-5)
+    plain = [f"{utt}\t{score}\t{text}" for utt, score, _, _, text in (line.split("\t", 4) for line in lines)]
+    write_nbest(tmp_path / "plain.tsv", plain)
+    without = run_cli("rescore", tmp_path / "plain.tsv", "-m", trained.directory)
+    weightless = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--lm-column", "4",
+                         "--lm-column-weight", "0")
+    assert weightless.stdout == without.stdout
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ("utt01\t-3.0\tx\t-2.0", "line 4"),  # no hypothesis after column 4
+    ("utt01\t-3.0\t-2.0\tthe cat", "line 4"),  # a column short: 'the cat' is read as the score
+    ("utt01\t-3.0\tx\tlow\tthe cat", "line 4"),
+    ("utt01\t-3.0\tx\tnan\tthe cat", "line 4"),
+])
+def test_a_missing_or_bad_lm_column_names_its_line(trained: TrainedModel, tmp_path, bad: str,
+                                                    problem: str) -> None:  # type: ignore[no-untyped-def]
+    lines = ["utt00\t-1.0\tx\t-5\tthe cat", "utt00\t-2.0\tx\t-6\ta dog", "utt01\t-1.5\tx\t-7\tsat", bad]
+    write_nbest(tmp_path / "nbest.tsv", lines)
+    result = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--lm-column", "4")
+    assert result.returncode == 1 and problem in result.stderr and len(result.stderr_lines) == 1, result
+    for options in (("--lm-column", "2"), ("--lm-column", "3", "--format", "kaldi", "--costs", tmp_path / "nbest.tsv"),
+                    ("--lm-column-weight", "0.5")):
+        usage = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, *options)
+        assert usage.returncode == 2 and len(usage.stderr_lines) == 1, usage
+
+
+def test_tune_chooses_the_column_weight_too(trained: TrainedModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lines = column_lines(nbest_lines(12, 6, seed=16), seed=17)
+    write_nbest(tmp_path / "nbest.tsv", lines)
+    write_nbest(tmp_path / "refs.tsv", references_for(lines, seed=18))
+    result = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--lm-column", "4",
+                     "--tune", tmp_path / "refs.tsv")
+    assert result.returncode == 0, result
+    table = tune_table(result.stderr_lines)
+    chosen = next(value for label, value in table.items() if label.endswith("(chosen)"))
+    assert chosen <= table["lm-weight 1, word-penalty 0, column weight 1"]
+    options = re.search(r"^chosen: (.*)$", result.stderr, re.MULTILINE).group(1).split()
+    assert options[4] == "--lm-column-weight"
+    again = run_cli("rescore", tmp_path / "nbest.tsv", "-m", trained.directory, "--lm-column", "4", *options)
+    assert again.returncode == 0 and again.stdout == result.stdout
+
+
+@pytest.fixture(scope="module")
+def sibling(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """A small GRU trained on the session model's text: the same character tokenizer, other weights."""
+    return train_small_model(tmp_path_factory.mktemp("sibling"), lines=700, text_seed=1,
+                             model=dict(cell="gru", layers=1, embedding_size=8, hidden_size=16, dropout=0.0, tie=False),
+                             training=dict(epochs=1, bptt=16, warmup_steps=5, random_seed=4))
+
+
+def test_linear_mix_is_the_log_of_the_weighted_token_probabilities(trained: TrainedModel,
+                                                                   sibling: TrainedModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import math
+
+    assert trained.tokenizer.to_dict() == sibling.tokenizer.to_dict()
+    texts = ["the cat sat", "", "a dog ran to the mat."]
+    write_nbest(tmp_path / "texts.txt", texts)
+    result = run_cli("score", tmp_path / "texts.txt", "-m", trained.directory, "-m", sibling.directory, "--mix",
+                     "linear", "--weights", "0.3,0.7", "--format", "jsonl", "--per-token")
+    assert result.returncode == 0, result
+    records = [json.loads(row) for row in result.stdout.splitlines()]
+    a = score_lines(trained.model, trained.tokenizer, texts, detail=True)
+    b = score_lines(sibling.model, sibling.tokenizer, texts, detail=True)
+    for record, x, y in zip(records, a, b):
+        by_hand = [math.log(0.3 * math.exp(p) + 0.7 * math.exp(q)) for p, q in zip(x.token_logprobs, y.token_logprobs)]
+        assert record["token_logprobs"] == pytest.approx(by_hand, abs=1e-9)
+        assert record["logprob"] == pytest.approx(sum(by_hand), abs=1e-9)
+        assert sum(by_hand) > 0.3 * x.logprob + 0.7 * y.logprob  # the mixture beats the geometric mean
+    report = json.loads(run_cli("perplexity", tmp_path / "texts.txt", "-m", trained.directory, "-m", sibling.directory,
+                                "--mix", "linear", "--weights", "0.3,0.7", "--json", "--independent-lines").stdout)
+    assert report["nll"] == pytest.approx(-sum(r["logprob"] for r in records), abs=1e-9)
+
+
+def test_linear_mix_with_weights_one_and_zero_is_the_first_model(trained: TrainedModel, sibling: TrainedModel,
+                                                                 tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lines = nbest_lines(4, 5, seed=19)
+    write_nbest(tmp_path / "nbest.tsv", lines)
+    texts = tmp_path / "texts.txt"
+    write_nbest(texts, [line.split("\t", 2)[2] for line in lines])
+    for command, path, *options in [("score", texts, "--format", "jsonl", "--per-token"),
+                                    ("perplexity", texts, "--json", "--independent-lines"),
+                                    ("rescore", tmp_path / "nbest.tsv", "--all")]:
+        alone = run_cli(command, path, "-m", trained.directory, *options)
+        both = run_cli(command, path, "-m", trained.directory, "-m", sibling.directory, "--mix", "linear",
+                       "--weights", "1,0", *options)
+        assert alone.returncode == 0 and both.stdout == alone.stdout, command
+
+
+def test_linear_mix_refuses_other_tokenizers_directions_and_streams(trained: TrainedModel, sibling: TrainedModel,
+                                                                    directions, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    swapped = tmp_path / "swapped"  # the sibling with one character of its tokenizer replaced: same size, other tokens
+    shutil.copytree(sibling.directory, swapped)
+    tokenizer = json.loads((swapped / "tokenizer.json").read_text(encoding="utf-8"))
+    assert "\u2603" not in tokenizer["chars"]
+    tokenizer["chars"] = tokenizer["chars"][:-1] + "\u2603"
+    (swapped / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    bwd_dir, fwd_dir = directions
+    for first, other in ((trained.directory, swapped), (fwd_dir, bwd_dir)):
+        result = run_cli("score", "-", "-m", first, "-m", other, "--mix", "linear", input=b"the cat\n")
+        assert result.returncode == 2 and len(result.stderr_lines) == 1 and "--mix linear" in result.stderr, result
+    for command, *options in (("perplexity", "-"), ("score", "-", "--weights", "0.5,0.6")):
+        refused = run_cli(command, *options, "-m", trained.directory, "-m", sibling.directory, "--mix", "linear",
+                          input=b"the cat\n")
+        assert refused.returncode == 2 and len(refused.stderr_lines) == 1, refused
+
+
 def test_tune_names_an_utterance_without_reference(trained: TrainedModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
     write_nbest(tmp_path / "nbest.tsv", ["a\t-1\tthe cat", "b\t-1\ta dog"])
     write_nbest(tmp_path / "refs.tsv", ["a\tthe cat"])
