@@ -18,12 +18,11 @@ import numpy as np
 import torch
 
 from common import DEFAULT_CORPORA, write_markdown
+from rnnlm.defaults import SCORE_CHUNK_LINES, clustered_softmax_head
 from rnnlm.model import ModelConfig, RNNLanguageModel
 from rnnlm.scoring import encode_line, score_lines
-from rnnlm.defaults import clustered_softmax_head
 from rnnlm.tokenizers import train_tokenizer
 
-CHUNK_LINES = 2048
 
 
 @torch.inference_mode()
@@ -39,8 +38,8 @@ def one_line_at_a_time(model: RNNLanguageModel, tokenizer, lines: list[str]) -> 
 
 def batched(model: RNNLanguageModel, tokenizer, lines: list[str]) -> list[float]:  # type: ignore[no-untyped-def]
     scores = []
-    for start in range(0, len(lines), CHUNK_LINES):
-        scores += [s.logprob for s in score_lines(model, tokenizer, lines[start : start + CHUNK_LINES])]
+    for start in range(0, len(lines), SCORE_CHUNK_LINES):
+        scores += [s.logprob for s in score_lines(model, tokenizer, lines[start : start + SCORE_CHUNK_LINES])]
     return scores
 
 

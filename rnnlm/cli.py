@@ -23,7 +23,7 @@ from rnnlm import __version__
 from rnnlm.cells import CELL_NAMES, cells_help
 from rnnlm.choices import LOG_BASES, NBEST_FORMATS, SAMPLE_FORMATS, SCORE_FORMATS, TOKENIZERS
 from rnnlm.config import OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, DynamicEvaluation, SamplingConfig
-from rnnlm.defaults import MAX_RANDOM_SEED, PRESETS, TRAIN_DEFAULTS, Preset, bounds, preset_named
+from rnnlm.defaults import MAX_RANDOM_SEED, PRESETS, SCORE_CHUNK_LINES, TRAIN_DEFAULTS, Preset, bounds, preset_named
 from rnnlm.errors import InvalidOption, UserError
 from rnnlm.fileio import ENCODING_ERRORS
 
@@ -356,22 +356,17 @@ def sample(
     before --seed instead, back to the start of its line at most, then the seed; --stop is refused.
     """
     from rnnlm.config import fresh_random_seed
-    from rnnlm.generate import generate, unseen_text
+    from rnnlm.generate import generate, seed_warning
 
     config = SamplingConfig(strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, length=length,
                             num_samples=num_samples, beam_size=beam_size, length_penalty=length_penalty,
                             stop=tuple(stop or ()), until_eol=until_eol,
                             random_seed=fresh_random_seed() if random_seed is None else random_seed)
     config.validate()
-    try:
-        seed.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UserError("--seed is not valid UTF-8") from None
     loaded = load_chosen(model, device, quiet)
-    unseen = unseen_text(loaded.tokenizer, seed)
-    if unseen:
-        typer.echo(f"rnnlm: warning: the model has not seen {unseen!r} in training; "
-                   "the seed uses the unknown token for them", err=True)
+    warning = seed_warning(loaded.tokenizer, seed, "--seed")
+    if warning:
+        typer.echo(f"rnnlm: warning: {warning}", err=True)
     backward = loaded.model.config.reverse  # writes the text before the seed
     streams = output_format == "text" and num_samples == 1 and strategy != "beam" and not backward
     if streams:
@@ -420,7 +415,7 @@ def score(
     utt_id: Annotated[bool, typer.Option("--utt-id", help="The first whitespace-separated field of each line is an identifier: printed first (jsonl: key id), never scored.")] = False,
     summary: Annotated[bool, typer.Option("--summary", help="Print corpus totals on stderr: total log-probability, tokens, OOV, perplexity per token and word, bits per character, speed.")] = False,
     unbuffered: Annotated[bool, typer.Option("--unbuffered", help="Read, score and flush one line at a time, for interactive pipes (slower than batches).")] = False,
-    chunk_lines: Annotated[int, typer.Option(min=1, max=1 << 20, help="Lines read, scored as length-sorted batches and written (then flushed) per chunk; bounds memory on endless input.")] = 2048,
+    chunk_lines: Annotated[int, typer.Option(min=1, max=1 << 20, help="Lines read, scored as length-sorted batches and written (then flushed) per chunk; bounds memory on endless input.")] = SCORE_CHUNK_LINES,
     device: DeviceOption = "auto",
     encoding_errors: EncodingErrorsOption = "strict",
     quiet: QuietOption = False,

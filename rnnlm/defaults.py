@@ -89,6 +89,7 @@ PREPARE_DEFAULTS: dict[str, Any] = dict(  # tokenizer None: the corpus's usual o
     valid_fraction=0.05, test_fraction=0.0, encoding_errors="strict", mirror=None)
 TRAIN_DEFAULTS: dict[str, Any] = MODEL_DEFAULTS | TRAINING_DEFAULTS | TIMING_DEFAULTS | PREPARE_DEFAULTS
 DEFAULT_BUDGET = 300.0  # seconds of training when neither max_time nor epochs is given
+SCORE_CHUNK_LINES = 2048  # lines `rnnlm score` and LanguageModel.score read, length-sort and score per chunk
 MAX_RANDOM_SEED = 2**63 - 1  # torch's and numpy's generators take any seed up to this
 
 BOUNDS: dict[str, tuple[float | None, float | None]] = dict(  # inclusive; None: unbounded on that side

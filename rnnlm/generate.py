@@ -19,7 +19,7 @@ import torch
 
 from rnnlm.config import SamplingConfig
 from rnnlm.direction import encode_directed
-from rnnlm.errors import InvalidOption
+from rnnlm.errors import InvalidOption, UserError
 from rnnlm.model import RNNLanguageModel, State, select_state
 from rnnlm.scoring import time_window
 from rnnlm.slices import slice_text, token_windows
@@ -154,6 +154,17 @@ def unseen_text(tokenizer: Tokenizer, text: str) -> str:
         units.update(dict.fromkeys(piece.split() if words else piece.replace("\n", "")))
     unseen = [unit for unit in units if tokenizer.unk_id in tokenizer.encode(unit)]
     return (" " if words else "").join(unseen)
+
+
+def seed_warning(tokenizer: Tokenizer, seed: str, name: str) -> str | None:
+    """What to warn about a seed the model has partly not seen, or None; a seed that is not UTF-8
+    (lone surrogates from a mis-decoded argument) is refused. `name` is how the caller calls it."""
+    try:
+        seed.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{name} is not valid UTF-8") from None
+    unseen = unseen_text(tokenizer, seed)
+    return f"the model has not seen {unseen!r} in training; the seed uses the unknown token for them" if unseen else None
 
 
 @torch.inference_mode()

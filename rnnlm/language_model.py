@@ -26,17 +26,17 @@ import torch
 
 from rnnlm.checkpoint import LoadedModel, load_model
 from rnnlm.config import DynamicEvaluation, SamplingConfig, fresh_random_seed
+from rnnlm.defaults import SCORE_CHUNK_LINES
 from rnnlm.direction import encode_directed
 from rnnlm.errors import UserError
 from rnnlm.fileio import iter_text_chunks, open_binary_input
-from rnnlm.generate import generate, unseen_text
+from rnnlm.generate import generate, seed_warning
 from rnnlm.model import State as RecurrentState
 from rnnlm.project import resolve_model
 from rnnlm.scoring import LineScore, PerplexityMeter, score_lines, scored_windows, time_window
 from rnnlm.tokenizers import SPACE_SYMBOL, Tokenizer
 from rnnlm.training import resolve_device
 
-CHUNK_LINES = 2048  # lines scored per call of score_lines: `rnnlm score --chunk-lines`'s default, so batches match
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -161,7 +161,7 @@ class LanguageModel:
         return [*zip(names, values), eol]
 
     def _line_scores(self, lines: Iterable[str], detail: bool = False) -> list[LineScore]:
-        """score_lines over the lines, CHUNK_LINES at a time, as `rnnlm score` reads its input."""
+        """score_lines over the lines, SCORE_CHUNK_LINES at a time, as `rnnlm score` reads its input."""
         scores: list[LineScore] = []
         for chunk in _line_chunks(lines):
             scores += score_lines(self._model, self._tokenizer, chunk, detail)
@@ -235,14 +235,9 @@ class LanguageModel:
                                 stop=tuple(stop), until_eol=until_eol,
                                 random_seed=fresh_random_seed() if random_seed is None else random_seed)
         config.validate()
-        try:
-            seed.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UserError("seed is not valid UTF-8") from None
-        unseen = unseen_text(self._tokenizer, seed)
-        if unseen:
-            warnings.warn(f"the model has not seen {unseen!r} in training; the seed uses the unknown token for them",
-                          stacklevel=3)
+        warning = seed_warning(self._tokenizer, seed, "seed")
+        if warning:
+            warnings.warn(warning, stacklevel=3)
         return config
 
     # ----------------------------------------------------------------------------------------------
@@ -337,7 +332,7 @@ def group_words(surfaces: list[str], values: list[float]) -> tuple[list[str], li
 @contextmanager
 def _text_chunks(source: PathLike | Iterable[str]) -> Iterator[tuple[str, Iterator[str]]]:
     """A source's name and its text in chunks that end on line boundaries: a file read as
-    `rnnlm perplexity FILE` reads it, or lines joined CHUNK_LINES at a time."""
+    `rnnlm perplexity FILE` reads it, or lines joined SCORE_CHUNK_LINES at a time."""
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
         with open_binary_input(name) as stream:
@@ -347,11 +342,11 @@ def _text_chunks(source: PathLike | Iterable[str]) -> Iterator[tuple[str, Iterat
 
 
 def _line_chunks(lines: Iterable[str]) -> Iterator[list[str]]:
-    """Lines (each checked to be one, its newline dropped) CHUNK_LINES at a time, as the commands read them."""
+    """Lines (each checked to be one, its newline dropped) SCORE_CHUNK_LINES at a time, as the commands read them."""
     chunk: list[str] = []
     for line in lines:
         chunk.append(_one_line(line))
-        if len(chunk) == CHUNK_LINES:
+        if len(chunk) == SCORE_CHUNK_LINES:
             yield chunk
             chunk = []
     if chunk:
