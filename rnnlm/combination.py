@@ -55,17 +55,17 @@ def parse_weights(text: str | None, count: int, mix: str = "loglinear") -> list[
     if text is None:
         return [1.0 / count] * count
     if count == 1:
-        raise InvalidOption("--weights: combines several models; give -m two or more times")
+        raise InvalidOption("weights", "combines several models; give `model` two or more times")
     try:
         weights = [float(field) for field in text.split(",")]
     except ValueError:
-        raise InvalidOption(f"--weights: expected {count} comma-separated numbers, got {text!r}") from None
+        raise InvalidOption("weights", f"must be {count} comma-separated numbers, got {text!r}") from None
     if len(weights) != count:
-        raise InvalidOption(f"--weights: {len(weights)} weights given for {count} model(s)")
+        raise InvalidOption("weights", f"gives {len(weights)} weights for {count} model(s)")
     if any(not math.isfinite(w) or w < 0 for w in weights) or not any(weights):
-        raise InvalidOption(f"--weights: each weight must be a finite number at least 0, not all 0; got {text!r}")
+        raise InvalidOption("weights", f"must each be a finite number at least 0, not all 0; got {text!r}")
     if mix == "linear" and abs(sum(weights) - 1) > WEIGHT_SUM_TOLERANCE:
-        raise InvalidOption(f"--weights: --mix linear mixes probabilities, so the weights must sum to 1; got {text!r}")
+        raise InvalidOption("weights", f"must sum to 1 with `mix` linear, which mixes probabilities; got {text!r}")
     return weights
 
 
@@ -74,11 +74,11 @@ def check_mixable(models: Sequence[LoadedModel]) -> None:
     first = models[0]
     for other in models[1:]:
         if other.tokenizer.to_dict() != first.tokenizer.to_dict():
-            raise InvalidOption(f"--mix linear: {other.directory} has another tokenizer than {first.directory}; "
-                                "token probabilities mix only over the same tokens (use --mix loglinear)")
+            raise InvalidOption("mix", f"linear: {other.directory} has another tokenizer than {first.directory}; "
+                                "token probabilities mix only over the same tokens (use loglinear)")
         if other.model.config.reverse != first.model.config.reverse:
-            raise InvalidOption(f"--mix linear: {other.directory} reads lines in the other direction than "
-                                f"{first.directory}; token probabilities mix only in one order (use --mix loglinear)")
+            raise InvalidOption("mix", f"linear: {other.directory} reads lines in the other direction than "
+                                f"{first.directory}; token probabilities mix only in one order (use loglinear)")
 
 
 def mix_token_logprobs(weights: Sequence[float], logprobs: Sequence[np.ndarray]) -> np.ndarray:
@@ -163,7 +163,7 @@ def combined_perplexity(combination: Combination, chunks: Iterable[str], indepen
     a linear mixture, which mixes tokens, sums its line scores (independent lines only)."""
     if combination.linear:
         if not independent_lines:
-            raise InvalidOption("--mix linear mixes the scores of independent lines; give --independent-lines")
+            raise InvalidOption("mix", "linear mixes the scores of independent lines; give `independent_lines`")
         result = Perplexity("independent-lines")
         for text in chunks:
             for score in combined_line_scores(combination, split_lines(text)):

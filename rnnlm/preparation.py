@@ -77,24 +77,24 @@ class PrepareOptions:
 
     def validate(self) -> None:
         if self.tokenizer not in TOKENIZER_KINDS:
-            raise InvalidOption(f"unknown tokenizer {self.tokenizer!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+            raise InvalidOption("tokenizer", f"must be one of {', '.join(TOKENIZER_KINDS)}, got {self.tokenizer!r}")
         checks = [
-            (self.encoding_errors in ENCODING_ERRORS, "--encoding-errors must be 'strict' or 'replace'"),
-            (self.vocab_size is None or self.tokenizer != "char",
-             "--vocab-size does not apply to --tokenizer char (its vocabulary is the training characters)"),
-            (self.vocab_size is None or self.vocab_size >= 3, f"--vocab-size must be at least 3, got {self.vocab_size}"),
-            (self.min_count >= 1, f"--min-count must be at least 1, got {self.min_count}"),
-            (self.min_count == 1 or self.tokenizer == "word", "--min-count applies to --tokenizer word only"),
-            (0 <= self.subword_alpha <= 1, f"--subword-alpha must be from 0 to 1, got {self.subword_alpha}"),
-            (not self.subword_alpha or self.tokenizer in SUBWORD_KINDS, "--subword-alpha needs --tokenizer bpe or unigram"),
-            (self.subword_samples >= 1, f"--subword-samples must be at least 1, got {self.subword_samples}"),
-            (0 <= self.valid_fraction < 1, f"--valid-fraction must be at least 0 and below 1, got {self.valid_fraction}"),
-            (0 <= self.test_fraction < 1, f"--test-fraction must be at least 0 and below 1, got {self.test_fraction}"),
-            (self.valid_fraction + self.test_fraction < 1, "--valid-fraction and --test-fraction leave nothing to train on"),
+            (self.encoding_errors in ENCODING_ERRORS, "encoding_errors", "must be 'strict' or 'replace'"),
+            (self.vocab_size is None or self.tokenizer != "char", "vocab_size",
+             "does not apply to `tokenizer` char (its vocabulary is the training characters)"),
+            (self.vocab_size is None or self.vocab_size >= 3, "vocab_size", f"must be at least 3, got {self.vocab_size}"),
+            (self.min_count >= 1, "min_count", f"must be at least 1, got {self.min_count}"),
+            (self.min_count == 1 or self.tokenizer == "word", "min_count", "applies to `tokenizer` word only"),
+            (0 <= self.subword_alpha <= 1, "subword_alpha", f"must be from 0 to 1, got {self.subword_alpha}"),
+            (not self.subword_alpha or self.tokenizer in SUBWORD_KINDS, "subword_alpha", "needs `tokenizer` bpe or unigram"),
+            (self.subword_samples >= 1, "subword_samples", f"must be at least 1, got {self.subword_samples}"),
+            (0 <= self.valid_fraction < 1, "valid_fraction", f"must be at least 0 and below 1, got {self.valid_fraction}"),
+            (0 <= self.test_fraction < 1, "test_fraction", f"must be at least 0 and below 1, got {self.test_fraction}"),
+            (self.valid_fraction + self.test_fraction < 1, None, "`valid_fraction` and `test_fraction` leave nothing to train on"),
         ]
-        for ok, message in checks:
+        for ok, argument, problem in checks:
             if not ok:
-                raise InvalidOption(message)
+                raise InvalidOption(argument, problem)
 
     @property
     def sample_count(self) -> int:

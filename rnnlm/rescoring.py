@@ -46,10 +46,10 @@ class RescoreSettings:
     column_weight: float = 1.0
 
     def validate(self) -> None:
-        for option, value in (("--lm-weight", self.lm_weight), ("--word-penalty", self.word_penalty),
-                              ("--lm-column-weight", self.column_weight)):
+        for argument, value in (("lm_weight", self.lm_weight), ("word_penalty", self.word_penalty),
+                                ("lm_column_weight", self.column_weight)):
             if not math.isfinite(value):
-                raise InvalidOption(f"{option} must be a finite number, got {value}")
+                raise InvalidOption(argument, f"must be a finite number, got {value}")
 
     def score(self, hypothesis: Hypothesis, lm_logprob: float) -> float:
         return (hypothesis.first_pass + self.lm_weight * lm_logprob + self.column_weight * hypothesis.column

@@ -84,11 +84,11 @@ def resolve_device(name: str) -> torch.device:
     check_device_name(name)
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but torch sees no CUDA GPU here")
+        raise UserError(f"`device` {name} asked for, but torch sees no CUDA GPU here")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
+        raise UserError(f"`device` {name} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps asked for, but torch sees no Apple GPU here")
+        raise UserError("`device` mps asked for, but torch sees no Apple GPU here")
     return device
 
 
@@ -108,7 +108,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_fast_bf16() else None
     if name == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        raise UserError("`precision` fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
@@ -387,7 +387,7 @@ def join_processes(config: TrainConfig) -> tuple[Distributed, torch.device]:
     """This process's place in the torchrun job (with its process group open) and its device."""
     dist = Distributed.from_environment()
     if dist.active and config.batch_size % dist.world_size:
-        raise UserError(f"--batch-size {config.batch_size} must be a multiple of the {dist.world_size} processes")
+        raise UserError(f"`batch_size` {config.batch_size} must be a multiple of the {dist.world_size} processes")
     device = resolve_device(config.device)
     if device.type == "cuda" and dist.active:
         device = torch.device("cuda", dist.local_rank)

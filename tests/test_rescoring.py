@@ -169,8 +169,9 @@ def test_default_weights_average_the_models(trained: TrainedModel, second: Train
 
 @pytest.mark.parametrize("weights", ["1", "1,2,3", "a,b", "-1,2", "0,0", "inf,1"])
 def test_bad_weights_are_bad_usage(trained: TrainedModel, second: TrainedModel, tmp_path, weights: str) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(InvalidOption):
+    with pytest.raises(InvalidOption) as raised:
         parse_weights(weights, 2)
+    assert raised.value.argument == "weights" and "--" not in str(raised.value)  # the library names arguments
     result = run_cli("score", "-", "-m", trained.directory, "-m", second.directory, "--weights", weights, input=b"x\n")
     assert result.returncode == 2 and len(result.stderr_lines) == 1, result
 
