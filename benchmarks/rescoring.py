@@ -158,7 +158,7 @@ def notes(args: argparse.Namespace, sentences: list[str], lines: list[str], wer:
         f"N-best lists: the first {len(sentences)} PTB test sentences, {args.hypotheses} hypotheses each "
         f"({len(lines):,} lines); first pass = -{ERROR_WEIGHT:g} x word errors + N(0, {NOISE:g}) noise. "
         f"Models: `rnnlm train ptb --max-time {args.minutes:g}m` and the same with `--reverse` (defaults otherwise). "
-        "Everything tuned on the first half of the utterances (rnnlm.tuning: lm-weight 0-3 x word-penalty -4..4 "
+        "Everything tuned on the first half of the utterances (rnnlm.tuning: lm-weight 0-3 x word-penalty lm-weight x -10..10 "
         "for each model weighting; 'weights tuned': also the model weights, by coordinate search), WER on the "
         "second half; forward + backward = `-m fwd -m bwd` (weights 0.5, 0.5 unless tuned). "
         "WER and SER in % of the reference words and sentences of the evaluation half.",

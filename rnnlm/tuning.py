@@ -4,12 +4,15 @@ Each hypothesis's word errors against its reference (Levenshtein distance over w
 are counted once, and each model's log-probabilities are kept apart (rnnlm.combination.ModelLogprobs);
 every candidate then only re-ranks stored scores, so the search costs arithmetic, not model time.
 For each model weighting (and --lm-column weight) the whole grid of --lm-weight x --word-penalty
-is searched; the model weights and the column weight are chosen by coordinate search: starting
-from the best of the default weighting and each model alone, one coordinate at a time takes the
-best of its grid values, until a round improves nothing. Every model alone (column weight 1) is a
-starting point, so the chosen combination never has more errors than the best model alone; and
-without --lm-column a model alone never has more than the first pass (lm-weight 0, word-penalty 0
-is on the grid). Word error rate (WER) is
+is searched, the penalty in proportion to the weight (lm-weight x -10 to 10 nats a word, step
+0.25): it has to offset the LM's cost per word, which the weight scales. A word-level LM charges
+4-7 nats a word, so a fixed range of penalties left a heavy LM weight no way to stay neutral about
+hypothesis length, and tuning then chose to ignore the LM. The model weights and the column weight
+are chosen by coordinate search: starting from the best of the default weighting and each model
+alone, one coordinate at a time takes the best of its grid values, until a round improves nothing.
+Every model alone (column weight 1) is a starting point, so the chosen combination never has more
+errors than the best model alone; and without --lm-column a model alone never has more than the
+first pass (lm-weight 0, word-penalty 0 is on the grid). Word error rate (WER) is
 errors / reference words; sentence error rate (SER) is the share of utterances whose chosen
 hypothesis has a word error. Tuning needs every n-best list at once: it holds them in memory,
 unlike plain rescoring.
@@ -28,10 +31,15 @@ from rnnlm.rescoring import Hypothesis, RescoreSettings, Rescored, numbered_line
 from rnnlm.tokenizers import count_words
 
 LM_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(61))  # 0 to 3
-WORD_PENALTIES = tuple(round(0.25 * i, 2) for i in range(-16, 17))  # -4 to 4
+PENALTY_PER_LM_WEIGHT = tuple(round(0.25 * i, 2) for i in range(-40, 41))  # -10 to 10 nats per word
 MODEL_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # one model's share, the others keep their ratio
 COLUMN_WEIGHTS = tuple(round(0.25 * i, 2) for i in range(13))  # 0 to 3
 MAX_ROUNDS = 10
+
+
+def word_penalties(lm_weight: float) -> list[float]:
+    """The word penalties searched with an LM weight: that weight times -10 to 10 nats a word."""
+    return sorted({round(lm_weight * per_weight, 4) for per_weight in PENALTY_PER_LM_WEIGHT})
 
 
 def word_errors(hypothesis: Sequence[str], reference: Sequence[str]) -> int:
@@ -160,14 +168,14 @@ class Tuner:
         of equals, the smallest penalty, then the lm-weight nearest 1."""
         key = (weights, column_weight)
         if key not in self._points:
-            penalties = np.array(WORD_PENALTIES)
             lm = self.lm(weights)
             best: tuple[int, float, float] | None = None
             for lm_weight in LM_WEIGHTS:
+                penalties = word_penalties(lm_weight)
                 base = self.first_pass + lm_weight * lm + column_weight * self.column_scores
-                rows = base[None, :] + penalties[:, None] * self.words[None, :]
+                rows = base[None, :] + np.array(penalties)[:, None] * self.words[None, :]
                 errors = self.errors[self._chosen(rows)].sum(axis=1)
-                for penalty, count in zip(WORD_PENALTIES, errors.tolist()):
+                for penalty, count in zip(penalties, errors.tolist()):
                     candidate = (count, abs(penalty), abs(lm_weight - 1), lm_weight, penalty)
                     best = candidate if best is None or candidate[:3] < best[:3] else best
             assert best is not None

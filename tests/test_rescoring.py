@@ -529,3 +529,24 @@ def test_progress_goes_to_a_terminal_only(trained: TrainedModel, tmp_path) -> No
     os.close(controller)
     assert completed.returncode == 0 and completed.stdout.decode() == plain.stdout
     assert "3 utterances, 6 hypotheses rescored" in shown
+
+
+def test_tuning_offsets_a_word_lms_cost_per_word() -> None:
+    """A word LM that charges 5 nats a word, and a first pass that prefers the deletion by 3: only
+    an LM weight near 1 with a penalty of 6-7 nats a word picks the correct hypothesis, a penalty a
+    fixed range of -4 to 4 did not reach (tuning then chose lm-weight 0 and kept every error)."""
+    import numpy as np
+
+    from rnnlm.combination import ModelLogprobs
+    from rnnlm.tuning import Tuner, word_penalties
+
+    reference = "a b c d"
+    hypotheses = [("a b c", 0.0), (reference, -3.0), ("a b c d e", -3.0)]  # deletion, correct, insertion
+    groups = [[Hypothesis(f"u{i}", first, text) for text, first in hypotheses] for i in range(4)]
+    lm = [-5.0 * (len(h.text.split()) + 1) - 2.0 * (h.text != reference) for group in groups for h in group]
+    scores = ModelLogprobs(False, np.array([lm]), np.zeros((1, 0)), np.zeros(0, dtype=np.int64))
+    tuner = Tuner(groups, scores, {f"u{i}": reference for i in range(4)}, "references")
+    chosen = tuner.alone(0)
+    assert chosen.errors == 0
+    assert 3 * chosen.settings.lm_weight + 3 < chosen.settings.word_penalty < 7 * chosen.settings.lm_weight
+    assert word_penalties(0.0) == [0.0] and word_penalties(2.0)[0] == -20.0 and word_penalties(2.0)[-1] == 20.0

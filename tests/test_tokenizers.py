@@ -270,18 +270,20 @@ def test_without_regularisation_every_epoch_reads_the_one_encoding(prepared_kind
 
 
 @pytest.mark.parametrize("options, message", [
-    (PrepareOptions(tokenizer="word", subword_alpha=0.1), "--subword-alpha"),
-    (PrepareOptions(tokenizer="char", vocab_size=100), "--vocab-size"),
-    (PrepareOptions(tokenizer="bpe", min_count=3), "--min-count"),
-    (PrepareOptions(tokenizer="word", vocab_size=2), "--vocab-size"),
+    (PrepareOptions(tokenizer="word", subword_alpha=0.1), "subword_alpha: needs `tokenizer` bpe or unigram"),
+    (PrepareOptions(tokenizer="char", vocab_size=100), "vocab_size: does not apply to `tokenizer` char"),
+    (PrepareOptions(tokenizer="bpe", min_count=3), "min_count: applies to `tokenizer` word only"),
+    (PrepareOptions(tokenizer="word", vocab_size=2), "vocab_size: must be at least 3"),
     (PrepareOptions(tokenizer="sentencepiece"), "tokenizer: must be one of"),
 ])
 def test_options_that_do_not_fit_the_tokenizer_are_refused(tmp_path: Path, options: PrepareOptions,
                                                            message: str) -> None:
+    """The library names its arguments (the command line shows them as options, tested in test_cli_errors)."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("a b c\n", encoding="utf-8")
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=re.escape(message)) as raised:
         prepare([str(corpus)], tmp_path / "p", options)
+    assert "--" not in str(raised.value)
     assert not (tmp_path / "p").exists()
 
 
