@@ -80,33 +80,42 @@ class Run:
     meta: dict
 
 
+class PeakSampler(threading.Thread):
+    """Samples a process tree's resident memory every 50 ms until stopped; `peak` holds the largest sample."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__()
+        self.pid = pid
+        self.peak = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            self.peak = max(self.peak, tree_rss(self.pid))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
 def run_prepare(corpus: Path, output: Path, tokenizer: str) -> Run:
     """One `rnnlm prepare` in a subprocess, its process tree's memory sampled while it runs."""
     command = [sys.executable, "-m", "rnnlm", "prepare", str(corpus), "-o", str(output), "--tokenizer", tokenizer]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.05):
-            peak = max(peak, tree_rss(process.pid))
-
-    sampler = threading.Thread(target=sample)
+    sampler = PeakSampler(process.pid)
     sampler.start()
     stderr = process.stderr.read()  # type: ignore[union-attr]
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
-    done.set()
-    sampler.join()
+    sampler.stop()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         sys.exit(f"rnnlm prepare --tokenizer {tokenizer} failed:\n{stderr}")
     print(stderr.strip(), file=sys.stderr)
     meta = json.loads((output / "meta.json").read_text(encoding="utf-8"))
-    return Run(tokenizer, seconds, usage.ru_utime + usage.ru_stime, peak, usage.ru_maxrss * 1024, meta)
+    return Run(tokenizer, seconds, usage.ru_utime + usage.ru_stime, sampler.peak, usage.ru_maxrss * 1024, meta)
 
 
 def machine(load: tuple[float, ...]) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 from conftest import WORDS, TrainedModel, make_corpus, run_cli, train_small_model
@@ -37,6 +38,15 @@ def nbest_lines(utterances: int, per_utterance: int, seed: int = 0) -> list[str]
 
 def write_nbest(path, lines: list[str]) -> None:  # type: ignore[no-untyped-def]
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def write_nbest_and_texts(directory, seed: int) -> Path:  # type: ignore[no-untyped-def]
+    """nbest.tsv (4 utterances x 5 hypotheses) and texts.txt (its hypotheses alone) in `directory`; the texts' path."""
+    lines = nbest_lines(4, 5, seed=seed)
+    write_nbest(directory / "nbest.tsv", lines)
+    texts = directory / "texts.txt"
+    write_nbest(texts, [line.split("\t", 2)[2] for line in lines])
+    return texts
 
 
 def test_all_rows_follow_the_formula_and_ranks_follow_the_scores(trained: TrainedModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -136,10 +146,7 @@ def test_empty_hypothesis_and_empty_input(trained: TrainedModel, tmp_path) -> No
 
 def test_weights_one_and_zero_equal_the_first_model_alone(trained: TrainedModel, second: TrainedModel,
                                                            tmp_path) -> None:  # type: ignore[no-untyped-def]
-    lines = nbest_lines(4, 5, seed=4)
-    write_nbest(tmp_path / "nbest.tsv", lines)
-    texts = tmp_path / "texts.txt"
-    write_nbest(texts, [line.split("\t", 2)[2] for line in lines])
+    texts = write_nbest_and_texts(tmp_path, seed=4)
     pairs = [("score", texts, "--format", "jsonl"), ("perplexity", texts, "--json"),
              ("perplexity", texts, "--json", "--independent-lines"), ("rescore", tmp_path / "nbest.tsv", "--all")]
     for command, path, *options in pairs:
@@ -466,10 +473,7 @@ def test_linear_mix_is_the_log_of_the_weighted_token_probabilities(trained: Trai
 
 def test_linear_mix_with_weights_one_and_zero_is_the_first_model(trained: TrainedModel, sibling: TrainedModel,
                                                                  tmp_path) -> None:  # type: ignore[no-untyped-def]
-    lines = nbest_lines(4, 5, seed=19)
-    write_nbest(tmp_path / "nbest.tsv", lines)
-    texts = tmp_path / "texts.txt"
-    write_nbest(texts, [line.split("\t", 2)[2] for line in lines])
+    texts = write_nbest_and_texts(tmp_path, seed=19)
     for command, path, *options in [("score", texts, "--format", "jsonl", "--per-token"),
                                     ("perplexity", texts, "--json", "--independent-lines"),
                                     ("rescore", tmp_path / "nbest.tsv", "--all")]:
