@@ -72,6 +72,35 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
         notes="without the paper's fine-tuning stage; the top layer is 1150 wide and projected to 400 for the "
               "tied decoder, where AWD-LSTM makes its last layer 400 wide.",
     ),
+    Preset(
+        name="sru-ptb",
+        source="Lei, Zhang, Wang, Dai and Artzi (2018), Simple Recurrent Units for Highly Parallelizable Recurrence, "
+               "and its PTB language-model script (github.com/asappresearch/sru)",
+        published="PTB test perplexity 60.3 (6 layers, 24M parameters)",
+        model=dict(cell="sru", layers=6, embedding_size=910, hidden_size=910, tie=True, dropout=0.7,
+                   input_dropout=0.7, layer_dropout=0.2),
+        training=dict(optimizer="sgd", lr=1.0, weight_decay=1e-5, clip=5.0, schedule="step", warmup_steps=0,
+                      decay_start=175, lr_decay=0.98, batch_size=32, bptt=35, epochs=300, patience=0),
+        notes="word-level PTB; the schedule is by epoch, so give no --max-time. The paper's SRU also drops its "
+              "recurrent input inside each layer and starts the reset gates' bias at -3 (mostly highway); here "
+              "dropout 0.2 falls between the layers and the biases start at 0. The paper stops after 30 epochs "
+              "without a better validation perplexity.",
+    ),
+    Preset(
+        name="srupp-enwik8",
+        source="Lei (2021), When Attention Meets Fast Recurrence: Training Language Models with Reduced Compute, "
+               "and its enwik8 script (github.com/asappresearch/sru, experiments/srupp_experiments)",
+        published="enwik8 test 0.974 bits per character (base model, 10 layers, 108M parameters)",
+        model=dict(cell="sru++", layers=10, embedding_size=3072, hidden_size=3072, tie=False, dropout=0.22,
+                   attention_memory=1024),
+        training=dict(optimizer="adamw", lr=3e-4, weight_decay=0.1, clip=1.0, schedule="cosine",
+                      warmup_steps=16000, batch_size=32, bptt=1024, patience=0),
+        notes="character level (rnnlm prepare --tokenizer char); the paper trains 400,000 steps of 32 x 1024 "
+              "characters on 8 GPUs, about 150 epochs of enwik8's 90M training characters: give --epochs or "
+              "--max-time. The paper uses RAdam, layer normalisation, attention dropout 0.22 and a cosine "
+              "schedule to zero; here AdamW, no layer normalisation, no attention dropout, and the cosine "
+              "schedule ends at a tenth of the rate.",
+    ),
 )}
 
 MODEL_DEFAULTS: dict[str, Any] = dict(  # None: chosen from the corpus (or, for a cell's own setting, by the cell)

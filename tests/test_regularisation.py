@@ -20,6 +20,7 @@ from rnnlm.config import TrainConfig
 from rnnlm.defaults import MODEL_SETTINGS, PRESETS
 from rnnlm.preparation import PrepareOptions, prepare
 from rnnlm.prepared_corpus import PreparedCorpus
+from rnnlm.sizing import parameter_count
 from rnnlm.model import ModelConfig, RNNLanguageModel, dropout_mask
 from rnnlm import training
 from rnnlm.training import (
@@ -243,6 +244,15 @@ def test_every_preset_builds_its_model_and_training_settings() -> None:
         model_settings = {MODEL_SETTINGS.get(name, name): value for name, value in preset.model.items()}
         ModelConfig(vocab_size=100, **model_settings)  # type: ignore[arg-type]
         TrainConfig(**preset.training).validate()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name, vocab_size, published", [("sru-ptb", 10_000, 24e6), ("srupp-enwik8", 205, 108e6)])
+def test_sru_presets_have_the_published_parameter_counts(name: str, vocab_size: int, published: float) -> None:
+    """The papers' sizes (PTB's 10,000 words; enwik8's 205 byte values) within 1%: a preset whose cell or
+    shape drifted from the paper's would train a different model under the paper's name."""
+    model_settings = {MODEL_SETTINGS.get(key, key): value for key, value in PRESETS[name].model.items()}
+    config = ModelConfig(vocab_size=vocab_size, **model_settings)  # type: ignore[arg-type]
+    assert parameter_count(config) == pytest.approx(published, rel=0.01)
 
 
 def test_preset_from_the_command_line_with_overrides(tmp_path: Path) -> None:
