@@ -14,12 +14,8 @@ told apart from its size. Runs take turns, one at a time; writes results/cells.m
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from common import DEFAULT_CORPORA, write_markdown
 from ptb import ptb
@@ -27,53 +23,49 @@ from quality import Corpus, run_rnnlm
 from shakespeare import tinyshakespeare
 
 from rnnlm.cells import CELL_NAMES
+from rnnlm.checkpoint import read_metrics
+from rnnlm.info import ModelDetails, model_details
 from rnnlm.model import ModelConfig
 from rnnlm.sizing import parameter_count
 
 HEADER = ["corpus", "cell", "layers × hidden", "parameters", "epochs", "tokens/s", "held-out figure", "command"]
 
 
-def model_info(model_dir: Path) -> dict[str, Any]:
-    shown = subprocess.run([sys.executable, "-m", "rnnlm", "info", str(model_dir), "--json"], check=True,
-                           capture_output=True, text=True)
-    return json.loads(shown.stdout)
-
-
 def mean_tokens_per_second(model_dir: Path) -> float:
     """Training tokens over training seconds, from the last record of metrics.jsonl (validations included)."""
-    records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return records[-1]["tokens"] / records[-1]["elapsed_s"]
+    last = read_metrics(model_dir)[-1]
+    return last["tokens"] / last["elapsed_s"]
 
 
-def run_cell(corpus: Corpus, cell: str, minutes: float, workdir: Path, hidden: int | None) -> tuple[dict[str, Any], list[str]]:
+def run_cell(corpus: Corpus, cell: str, minutes: float, workdir: Path, hidden: int | None) -> tuple[ModelDetails, list[str]]:
     """Train and measure one cell; its model's description and its table row."""
     options = ["--cell", cell] + (["--hidden-size", str(hidden)] if hidden else [])
     cell_dir = workdir / f"{corpus.name}-{cell}-{hidden or 'default'}"
     cell_dir.mkdir(parents=True)
     _, figure, command = run_rnnlm(corpus, minutes, options, cell_dir)
     model_dir = cell_dir / f"{corpus.name}-{minutes:g}m"
-    info = model_info(model_dir)
+    info = model_details(model_dir)
     unit = "ppl/word" if corpus.unit == "ppl" else "bits/char"
-    row = [corpus.name, cell, f"{info['layers']} × {info['hidden_size']}", f"{info['parameters']:,}",
-           str(info["epochs_completed"]), f"{mean_tokens_per_second(model_dir):,.0f}", f"{figure:.3f} {unit}",
-           f"`{command}`"]
+    row = [corpus.name, cell, f"{info.layers} × {info.hidden_size}", f"{info.parameters:,}", str(info.epochs_completed),
+           f"{mean_tokens_per_second(model_dir):,.0f}", f"{figure:.3f} {unit}", f"`{command}`"]
     print(" | ".join(row), flush=True)
     return info, row
 
 
-def matching_hidden_size(reference: dict[str, Any], cell: str) -> int:
+def matching_hidden_size(reference: ModelDetails, cell: str) -> int:
     """The hidden size (a multiple of 8) at which `cell` has the parameter count nearest the reference model's;
     a tied model's embedding follows its hidden size, an untied one keeps the reference's."""
     def parameters(hidden: int) -> int:
-        embedding = hidden if reference["tie"] else reference["embedding_size"]
-        return parameter_count(ModelConfig(reference["vocab_size"], cell, reference["layers"], embedding, hidden,
-                                           tie=reference["tie"], softmax_head=reference["softmax_head"]))
-    return min(range(8, 4097, 8), key=lambda hidden: abs(parameters(hidden) - reference["parameters"]))
+        embedding = hidden if reference.tie else reference.embedding_size
+        return parameter_count(ModelConfig(reference.vocab_size, cell, reference.layers, embedding, hidden,  # type: ignore[arg-type]
+                                           tie=bool(reference.tie), softmax_head=reference.softmax_head))
+    return min(range(8, 4097, 8), key=lambda hidden: abs(parameters(hidden) - reference.parameters))
 
 
 def corpus_rows(corpus: Corpus, cells: list[str], minutes: float, workdir: Path, equal_parameters: bool) -> list[list[str]]:
     """One row per cell at its default size; with equal_parameters, one more per cell at the LSTM's count."""
-    infos, rows = {}, []
+    infos: dict[str, ModelDetails] = {}
+    rows: list[list[str]] = []
     for cell in cells:
         infos[cell], row = run_cell(corpus, cell, minutes, workdir, None)
         rows.append(row)
