@@ -104,6 +104,10 @@ def check_output(target: Path, kind: DirectoryKind) -> None:
 
 
 def _plain(path: Path, must_be_file: bool) -> bool:
+    """A regular file (or, where allowed, a directory), not a link. An entry gone since the directory
+    was listed passes: it was a writer's temporary, renamed into place meanwhile."""
+    if not os.path.lexists(path):
+        return True
     return not path.is_symlink() and (path.is_file() or (not must_be_file and path.is_dir()))
 
 

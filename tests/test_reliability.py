@@ -459,3 +459,21 @@ def test_a_run_that_keeps_diverging_stops_and_keeps_its_best_model(corpus: Path,
     assert len(result.stderr.strip().splitlines()[-1:]) == 1 and "Traceback" not in result.stderr
     assert "rnnlm: error:" in result.stderr and "diverged" in result.stderr.lower()
     assert not os.path.exists(tmp_path / ".d.lock")
+
+
+def test_a_temporary_renamed_while_the_directory_is_checked_is_no_obstacle(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running writer's temporary can be listed and then renamed into place before it is looked at;
+    the second writer must then reach the lock (and its "being written" error), not call it a foreign file."""
+    from rnnlm import outputs
+    from rnnlm.model_files import MODEL_DIRECTORY
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / MODEL_DIRECTORY.marker).write_text(json.dumps({"format": MODEL_DIRECTORY.format, "version": 1}))
+    listed = os.listdir
+    monkeypatch.setattr(outputs.os, "listdir", lambda path: [*listed(path), ".model.safetensors.h9z0v4y3.tmp"])
+    outputs.check_output(target, MODEL_DIRECTORY)  # the listed temporary no longer exists: accepted
+    (target / ".x.tmp").symlink_to(target / MODEL_DIRECTORY.marker)
+    with pytest.raises(outputs.UserError, match="is not what rnnlm writes there"):
+        outputs.check_output(target, MODEL_DIRECTORY)  # a temporary that is a link is still refused
